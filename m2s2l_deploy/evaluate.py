@@ -1,0 +1,136 @@
+"""Frame-level evaluation on a labelled test set, under both score protocols (DESIGN.md §5).
+
+- paper protocol: per-video min-max of the frame score (needs the whole video), keys
+  ``auc_micro`` / ``auc_macro``; optionally temporally smoothed (reported separately).
+- causal protocol: the frame score as the model emits it, already standardised by statistics of
+  held-out normal training footage; no future frame is used. Keys ``auc_micro_causal`` /
+  ``auc_macro_causal``.
+- baseline: mean absolute frame difference, paper protocol, on the same frames.
+Frames before the first full clip carry the first decidable frame's score (``n_filled_frames``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import metrics, scoring
+from .contract import prepare_frames
+from .data import open_dataset
+from .errors import UserError
+from .inference import VideoScores, score_prepared
+
+
+def _ablation(per_video: dict[str, VideoScores], labels: dict, mean, std) -> dict:
+    """AUCs (paper protocol) of each score variant, from the runner's per-frame components."""
+    out = {}
+    for name, weights in scoring.ABLATIONS.items():
+        w = np.asarray(weights)
+        scores = {v: metrics.minmax_per_video((((s.components - mean) / std) * w).sum(1))
+                  for v, s in per_video.items()}
+        r = metrics.frame_auc(scores, labels)
+        out[name] = {"auc_micro": r["auc_micro"], "auc_macro": r["auc_macro"]}
+    return out
+
+
+def evaluate(runner, data_root, layout: str = "auto", batch: int = 16, smooth_sigma: float = 0.0,
+             plots_dir: Path | None = None, progress_factory: Callable | None = None,
+             log: Callable[[str], None] = print) -> dict:
+    """Score every labelled test video with ``runner`` and compute the AUC report."""
+    dataset = open_dataset(data_root, layout)
+    tests = [v for v in dataset.test if v.labels is not None]
+    if not tests:
+        raise UserError(f"{data_root} ({dataset.layout} layout) has no labelled test videos to evaluate on")
+    contract = runner.contract
+    if dataset.fps and contract.fps and abs(dataset.fps - contract.fps) > 0.01:
+        log(f"warning: test footage is {dataset.fps:g} fps but the model was trained at {contract.fps:g} fps")
+    results: dict[str, VideoScores] = {}
+    labels, baseline, masks = {}, {}, {}
+    total = sum(len(v.labels) - contract.clip_len + 1 for v in tests)
+    advance = progress_factory(total) if progress_factory else None
+    t0 = time.perf_counter()
+    infer_s = 0.0
+    for video in tests:
+        raw = video.load()
+        prepared = prepare_frames(raw, contract)
+        vs = score_prepared(runner, prepared, name=video.name, batch=batch,
+                            want_maps=video.pixel_masks is not None, progress=advance)
+        infer_s += vs.seconds
+        results[video.name] = vs
+        labels[video.name] = video.labels
+        baseline[video.name] = metrics.minmax_per_video(metrics.frame_difference_scores(raw))
+        if video.pixel_masks is not None:
+            masks[video.name] = video.pixel_masks()
+    wall = time.perf_counter() - t0
+
+    causal = {v: s.frame_score for v, s in results.items()}
+    paper = {v: metrics.minmax_per_video(s) for v, s in causal.items()}
+    r_paper = metrics.frame_auc(paper, labels)
+    r_causal = metrics.frame_auc(causal, labels)
+    r_base = metrics.frame_auc(baseline, labels)
+    report = {
+        "auc_micro": r_paper["auc_micro"], "auc_macro": r_paper["auc_macro"],
+        "auc_micro_causal": r_causal["auc_micro"], "auc_macro_causal": r_causal["auc_macro"],
+        "baseline_auc_micro": r_base["auc_micro"], "baseline_auc_macro": r_base["auc_macro"],
+        "n_frames": r_paper["n_frames"], "n_videos": len(results),
+        "n_filled_frames": int(sum(s.first_decidable for s in results.values())),
+        "skipped_single_class": r_paper["skipped_single_class"],
+        "per_video": {v: {**r_paper["per_video"][v], "auc_causal": r_causal["per_video"][v]["auc"],
+                          "baseline_auc": r_base["per_video"][v]["auc"]} for v in results},
+        "dataset": {"root": str(Path(data_root).resolve()), "layout": dataset.layout},
+        "runner": getattr(runner, "name", type(runner).__name__),
+        "timing": {"wall_s": round(wall, 2), "infer_s": round(infer_s, 2),
+                   "ms_per_frame": round(1000 * infer_s / max(1, total), 3)},
+        "protocols": {"paper": "per-video min-max of the frame score",
+                      "causal": "frame score standardised by held-out normal training footage, no future frames",
+                      "first_frames": f"the first {contract.clip_len - 1} frames of each video take the first decidable score"},
+    }
+    if smooth_sigma > 0:
+        sm = {v: metrics.minmax_per_video(metrics.smooth_scores(s, smooth_sigma)) for v, s in causal.items()}
+        r_sm = metrics.frame_auc(sm, labels)
+        report["smoothed"] = {"sigma": smooth_sigma, "auc_micro": r_sm["auc_micro"], "auc_macro": r_sm["auc_macro"]}
+    if masks:
+        maps = {v: results[v].score_maps.astype(np.float32) for v in masks}
+        report["auc_pixel"] = metrics.pixel_auc(maps, masks)
+    if all(s.components is not None for s in results.values()):
+        model = getattr(runner, "model", None)
+        if model is not None:
+            report["ablation"] = _ablation(results, labels, model.score_mean.cpu().numpy(),
+                                           model.score_std.cpu().numpy())
+    if plots_dir is not None:
+        report["plots"] = plot_scores(results, labels, Path(plots_dir))
+    return report
+
+
+def plot_scores(results: dict[str, VideoScores], labels: dict, out_dir: Path) -> list[str]:
+    """One PNG per video: paper-protocol score over frames, labelled anomalies shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .model.checkpoint import atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, vs in results.items():
+        fig, ax = plt.subplots(figsize=(8, 2.6))
+        score = metrics.minmax_per_video(vs.frame_score)
+        ax.plot(score, lw=1.2, label="anomaly score (per-video min-max)")
+        lab = np.asarray(labels[name]).astype(bool)
+        ax.fill_between(np.arange(len(lab)), 0, 1, where=lab, color="tab:red", alpha=0.2, step="mid",
+                        label="labelled anomaly")
+        ax.axvspan(-0.5, vs.first_decidable - 0.5, color="0.85", label="no full history")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlim(0, len(lab) - 1)
+        ax.set_xlabel("frame")
+        ax.set_title(name, fontsize=9)
+        ax.legend(loc="upper right", fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"{name.replace('/', '_')}.png"
+        atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+        plt.close(fig)
+        written.append(str(path))
+    return written

@@ -1,0 +1,73 @@
+"""Model configuration and presets (tiny for CPU tests, small, paper)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of one M2S2L network. Frozen: part of a checkpoint's identity."""
+
+    preset: str = "tiny"
+    in_channels: int = 1
+    height: int = 64
+    width: int = 64
+    clip_len: int = 5
+    patch: int = 4                        # granularity 1 token = patch x patch pixels
+    dims: tuple[int, ...] = (16, 32, 64)  # channels at granularities 1, 2, 3 (stride patch, 2*patch, 4*patch)
+    depths: tuple[int, ...] = (1, 1, 1)   # SS2D blocks per granularity
+    d_state: int = 8
+    expand: int = 2
+    mlp_ratio: float = 0.0                # channel MLP after each SS2D block (0 = none)
+    temporal_scales: tuple[int, ...] = (1, 2)
+    skip_dim: int = 8                     # narrow granularity-2 skip into the decoders (limits copying)
+    score_window: int = 8                 # pixels per side of the patches the frame score takes its worst from
+
+    def __post_init__(self):
+        if len(self.dims) != 3 or len(self.depths) != 3:
+            raise UserError("M2S2L needs exactly three spatial granularities (dims and depths of length 3)")
+        stride = self.patch * 4
+        if self.height % stride or self.width % stride:
+            raise UserError(f"input size {self.height}x{self.width} must be a multiple of {stride} "
+                            f"(patch {self.patch} x 4) for preset {self.preset}")
+        if self.clip_len < 2:
+            raise UserError("clip length must be at least 2 frames (history + target)")
+        if self.in_channels not in (1, 3):
+            raise UserError("in_channels must be 1 (grayscale) or 3 (RGB)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        return cls(**kw)
+
+
+PRESETS: dict[str, dict] = {
+    # Trains in minutes on a 2-core CPU; used by tests and the demo.
+    "tiny": dict(height=64, width=64, dims=(16, 32, 64), depths=(1, 1, 1), d_state=8, expand=1, skip_dim=8,
+                 score_window=8),
+    "small": dict(height=128, width=128, dims=(32, 64, 128), depths=(1, 2, 2), d_state=16, skip_dim=16,
+                  score_window=16, mlp_ratio=2.0),
+    # The paper's operating point: 256x256 input, about 20 GFLOPs per clip.
+    "paper": dict(height=256, width=256, dims=(48, 96, 192), depths=(2, 2, 4), d_state=16, skip_dim=24,
+                  score_window=32, mlp_ratio=2.0),
+}
+
+
+def preset_config(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
+    kw = dict(PRESETS[name], preset=name)
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(**kw)
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+

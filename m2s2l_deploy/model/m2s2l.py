@@ -1,0 +1,144 @@
+"""M2S2L: multi-scale spatial-temporal Mamba video anomaly detector (built from the paper's abstract).
+
+clip (B, T, C, H, W) in [-1, 1]: frames 0..T-2 are history, frame T-1 is the target.
+
+1. Hierarchical spatial encoder, shared by all frames: patch embedding then SS2D blocks at three
+   granularities (strides patch, 2*patch, 4*patch).
+2. Multi-temporal encoders at granularities 2 and 3: Mamba along time per token at strides 1 and 2.
+3. Feature decomposition: two projections split the fused features into an appearance stream and
+   a motion stream; their squared cosine similarity is the decorrelation loss.
+4. Decoders: the appearance head reconstructs the target frame, the motion head its frame
+   difference to the previous frame, each from its own stream (coarse features plus a narrow
+   granularity-2 skip, so the heads cannot copy unseen content through a full-resolution path).
+5. Quality-aware score (``scoring``): worst-patch PSNR of both heads plus an SSIM quality term,
+   standardised by normal-footage statistics held in buffers (set by calibration after training).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import scoring
+from .config import ModelConfig
+from .layers import MultiTemporal, ScanOp, VSSBlock
+
+OUTPUT_NAMES = ("score_map", "pred_frame", "pred_motion", "frame_score")
+INPUT_NAME = "clip"
+
+
+class SpatialEncoder(nn.Module):
+    """Per-frame pyramid: (N, C, H, W) -> three channel-last token grids."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.dims
+        self.embed = nn.Conv2d(cfg.in_channels, d[0], cfg.patch, stride=cfg.patch)
+        self.embed_norm = nn.LayerNorm(d[0])
+        self.downs = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(d[0], d[1], 2, stride=2)),
+            nn.Sequential(nn.Conv2d(d[1], d[2], 2, stride=2)),
+        ])
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[VSSBlock(d[i], cfg.d_state, cfg.expand, cfg.mlp_ratio) for _ in range(cfg.depths[i])])
+            for i in range(3))
+
+    def forward(self, frames):
+        x = self.embed_norm(self.embed(frames).permute(0, 2, 3, 1))
+        grids = []
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                x = self.downs[i - 1](x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            x = stage(x)
+            grids.append(x)
+        return grids
+
+
+class Decoder(nn.Module):
+    """Coarse stream (B, d3, H/4p, W/4p) + narrow skip (B, s, H/2p, W/2p) -> image (B, C, H, W)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, p = cfg.dims, cfg.patch
+        self.up3 = nn.ConvTranspose2d(d[2], d[1], 2, stride=2)
+        self.block2 = nn.Sequential(nn.Conv2d(d[1] + cfg.skip_dim, d[1], 3, padding=1), nn.GELU())
+        self.up2 = nn.ConvTranspose2d(d[1], d[0], 2, stride=2)
+        self.block1 = nn.Sequential(nn.Conv2d(d[0], d[0], 3, padding=1), nn.GELU())
+        self.up1 = nn.ConvTranspose2d(d[0], d[0], p, stride=p)
+        self.head = nn.Sequential(nn.GELU(), nn.Conv2d(d[0], cfg.in_channels, 3, padding=1))
+
+    def forward(self, coarse, skip):
+        x = self.block2(torch.cat([self.up3(coarse), skip], dim=1))
+        x = self.block1(self.up2(x))
+        return self.head(self.up1(x))
+
+
+class M2S2L(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dims
+        self.spatial = SpatialEncoder(cfg)
+        self.temporal2 = MultiTemporal(d[1], cfg.d_state, cfg.expand, cfg.temporal_scales)
+        self.temporal3 = MultiTemporal(d[2], cfg.d_state, cfg.expand, cfg.temporal_scales)
+        self.app_proj = nn.Linear(d[2], d[2])
+        self.mot_proj = nn.Linear(d[2], d[2])
+        self.app_skip = nn.Linear(d[1], cfg.skip_dim)
+        self.mot_skip = nn.Linear(d[1], cfg.skip_dim)
+        self.app_decoder = Decoder(cfg)
+        self.mot_decoder = Decoder(cfg)
+        # Normal-footage statistics for the score; identity until calibrated after training.
+        self.register_buffer("score_mean", torch.zeros(len(scoring.COMPONENTS)))
+        self.register_buffer("score_std", torch.ones(len(scoring.COMPONENTS)))
+        self.register_buffer("score_weights", torch.ones(len(scoring.COMPONENTS)))
+        self.register_buffer("map_scale", torch.ones(2))
+
+    # -- parts ---------------------------------------------------------------------------------
+    def encode(self, clip):
+        """clip (B, T, C, H, W) -> appearance/motion streams at granularities 3 and 2."""
+        b, t = clip.shape[:2]
+        g1, g2, g3 = self.spatial(clip.flatten(0, 1))
+        f2 = self.temporal2(g2.view(b, t, *g2.shape[1:]))
+        f3 = self.temporal3(g3.view(b, t, *g3.shape[1:]))
+        return {
+            "app": self.app_proj(f3), "mot": self.mot_proj(f3),
+            "app_skip": self.app_skip(f2), "mot_skip": self.mot_skip(f2),
+        }
+
+    def decode(self, streams):
+        def nchw(x):
+            return x.permute(0, 3, 1, 2)
+        pred_frame = torch.tanh(self.app_decoder(nchw(streams["app"]), nchw(streams["app_skip"])))
+        pred_motion = 2.0 * torch.tanh(self.mot_decoder(nchw(streams["mot"]), nchw(streams["mot_skip"])))
+        return pred_frame, pred_motion
+
+    def outputs(self, clip):
+        """Everything training and analysis need: predictions, streams, score components."""
+        streams = self.encode(clip)
+        pred_frame, pred_motion = self.decode(streams)
+        target = clip[:, -1]
+        motion = target - clip[:, -2]
+        comps, e_app, e_mot = scoring.components(pred_frame, target, pred_motion, motion, self.cfg.score_window)
+        return {
+            "pred_frame": pred_frame, "pred_motion": pred_motion, "target": target, "motion": motion,
+            "streams": streams, "components": comps,
+            "score_map": scoring.score_map(e_app, e_mot, self.map_scale),
+            "frame_score": scoring.combine(comps, self.score_mean, self.score_std, self.score_weights),
+        }
+
+    def forward(self, clip):
+        """The deployed graph: (score_map, pred_frame, pred_motion, frame_score), see OUTPUT_NAMES."""
+        out = self.outputs(clip)
+        return tuple(out[name] for name in OUTPUT_NAMES)
+
+    def scan_sites(self) -> list[ScanOp]:
+        return [m for m in self.modules() if isinstance(m, ScanOp)]
+
+
+def decorrelation_loss(streams) -> torch.Tensor:
+    """Mean squared cosine similarity between appearance and motion features (0 = orthogonal)."""
+    loss = 0.0
+    for a, m in ((streams["app"], streams["mot"]), (streams["app_skip"], streams["mot_skip"])):
+        loss = loss + F.cosine_similarity(a, m, dim=-1, eps=1e-6).pow(2).mean()
+    return loss / 2

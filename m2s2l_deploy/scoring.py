@@ -1,0 +1,86 @@
+"""The quality-aware anomaly score, in plain tensor ops so it runs inside every exported graph.
+
+Per target frame (pixels in [-1, 1], so the PSNR peak-to-peak is 2):
+- appearance error map  E_a = mean over channels of (pred_frame - target)^2
+- motion error map      E_m = mean over channels of (pred_motion - (target - previous))^2
+- quality map           Q   = (1 - SSIM_local(pred_frame, target)) / 2, 7x7 uniform windows: a
+  structural estimate of how well the appearance was reproduced, insensitive to small brightness
+  offsets that inflate E_a.
+Each map is averaged over square patches (``window`` pixels, stride window/2) and the worst patch
+is taken, so a small anomalous object is not diluted by a large normal background. Components:
+
+    c = [-PSNR(worst E_a), -PSNR(worst E_m), -10*log10(1 - worst Q)]      (dB, higher = worse)
+
+The frame score standardises each component with its mean/std on held-out normal footage and
+sums them with weights (1, 1, 1) = "quality-aware"; ablations zero some weights. The result is in
+units of normal-footage standard deviations: the causal score; the paper protocol additionally
+min-max normalises it per video.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+PEAK = 2.0
+EPS = 1e-8
+COMPONENTS = ("appearance", "motion", "quality")
+ABLATIONS = {
+    "appearance-only": (1.0, 0.0, 0.0),
+    "motion-only": (0.0, 1.0, 0.0),
+    "combined": (1.0, 1.0, 0.0),
+    "quality-aware": (1.0, 1.0, 1.0),
+}
+
+
+def error_maps(pred_frame, target, pred_motion, motion):
+    """(B, C, H, W) inputs -> appearance and motion squared-error maps, each (B, 1, H, W)."""
+    e_app = (pred_frame - target).pow(2).mean(dim=1, keepdim=True)
+    e_mot = (pred_motion - motion).pow(2).mean(dim=1, keepdim=True)
+    return e_app, e_mot
+
+
+def ssim_dissimilarity(x, y, window: int = 7):
+    """(1 - local SSIM) / 2 between two (B, C, H, W) images in [-1, 1], averaged over channels."""
+    c1, c2 = (0.01 * PEAK) ** 2, (0.03 * PEAK) ** 2
+    pad = window // 2
+
+    def pool(t):
+        return F.avg_pool2d(t, window, stride=1, padding=pad, count_include_pad=False)
+
+    mx, my = pool(x), pool(y)
+    vx = pool(x * x) - mx * mx
+    vy = pool(y * y) - my * my
+    cxy = pool(x * y) - mx * my
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return ((1 - ssim) / 2).mean(dim=1, keepdim=True)
+
+
+def worst_patch(err_map, window: int):
+    """Mean of the map over window x window patches (stride window/2), maximum over patches: (B,)."""
+    pooled = F.avg_pool2d(err_map, window, stride=max(1, window // 2))
+    return pooled.flatten(1).amax(dim=1)
+
+
+def psnr(mse):
+    return 10.0 * torch.log10(PEAK * PEAK / (mse + EPS))
+
+
+def components(pred_frame, target, pred_motion, motion, window: int):
+    """(B, 3) score components in dB, in the order of COMPONENTS, and the two error maps."""
+    e_app, e_mot = error_maps(pred_frame, target, pred_motion, motion)
+    q = ssim_dissimilarity(pred_frame, target)
+    c_app = -psnr(worst_patch(e_app, window))
+    c_mot = -psnr(worst_patch(e_mot, window))
+    c_q = 10.0 * torch.log10(1.0 / (1.0 - worst_patch(q, window).clamp(max=1.0 - 1e-6)))
+    return torch.stack([c_app, c_mot, c_q], dim=1), e_app, e_mot
+
+
+def combine(comps, mean, std, weights):
+    """Standardise components with normal-footage statistics and take the weighted sum: (B,)."""
+    return (((comps - mean) / std) * weights).sum(dim=1)
+
+
+def score_map(e_app, e_mot, map_scale):
+    """Pixel anomaly map (B, 1, H, W): each error map divided by its typical value on normal footage."""
+    return e_app / map_scale[0] + e_mot / map_scale[1]

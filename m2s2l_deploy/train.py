@@ -1,0 +1,282 @@
+"""Train M2S2L on normal footage, then calibrate the score on held-out normal footage.
+
+Losses: MSE of the appearance head (target frame), ``motion_weight`` x MSE of the motion head
+(target minus previous frame), ``decor_weight`` x the appearance/motion decorrelation loss.
+The last training video (or the last 20% of frames when there is only one) is held out: after
+training, the score components' mean/std there become the model's score buffers and its
+``threshold_quantile`` quantile of frame scores becomes the alert threshold (causal protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__, scoring
+from .contract import InputContract, prepare_frames, sliding_clips
+from .data import open_dataset
+from .errors import UserError
+from .inference import score_prepared
+from .model import M2S2L, decorrelation_loss, preset_config
+from .model.checkpoint import WEIGHTS, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
+from .runners import TorchRunner
+
+STATE_WEIGHTS = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+
+
+@dataclass
+class TrainOptions:
+    preset: str = "tiny"
+    epochs: int | None = None
+    minutes: float | None = None
+    batch: int = 8
+    lr: float = 2e-3
+    seed: int = 0
+    motion_weight: float = 2.0
+    decor_weight: float = 0.1
+    channels: str = "auto"          # auto | 1 | 3
+    resize: str = "stretch"
+    clip_len: int = 5
+    threshold_quantile: float = 0.995
+    checkpoint_every_s: float = 60.0
+    resume: bool = False
+    threads: int | None = None
+
+
+@dataclass
+class TrainData:
+    clips: list[tuple[int, int]]                 # (video index, first frame) of every training clip
+    frames: list[np.ndarray]                     # prepared (N, C, H, W) per training video
+    calibration: list[tuple[str, np.ndarray]]    # held-out normal footage (name, prepared frames)
+    summary: dict
+
+
+def _channels_of(frames: np.ndarray) -> int:
+    if frames.ndim == 3 or frames.shape[-1] == 1:
+        return 1
+    sample = frames[:: max(1, len(frames) // 8)]
+    return 1 if (np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(sample[..., 1], sample[..., 2])) else 3
+
+
+def load_training_data(data_root, layout: str, contract_kw: dict, preset: str, channels: str,
+                       log: Callable[[str], None] = print) -> tuple[TrainData, InputContract]:
+    dataset = open_dataset(data_root, layout)
+    if not dataset.train:
+        raise UserError(f"{data_root} ({dataset.layout} layout) has no training videos")
+    cfg = preset_config(preset)
+    raw = [v.load() for v in dataset.train]
+    n_channels = _channels_of(raw[0]) if channels == "auto" else int(channels)
+    contract = InputContract(height=cfg.height, width=cfg.width, channels=n_channels, fps=dataset.fps,
+                             **contract_kw)
+    prepared = [prepare_frames(r, contract) for r in raw]
+    names = [v.name for v in dataset.train]
+    if len(prepared) >= 2:
+        calibration = [(names[-1], prepared[-1])]
+        train = prepared[:-1]
+    else:
+        cut = int(len(prepared[0]) * 0.8)
+        calibration = [(names[0] + "[80%:]", prepared[0][cut:])]
+        train = [prepared[0][:cut]]
+    clips = [(vi, int(s[0])) for vi, f in enumerate(train) for s in sliding_clips(len(f), contract.clip_len)]
+    if not clips or len(calibration[0][1]) < contract.clip_len:
+        raise UserError(f"training videos in {data_root} are shorter than one clip of {contract.clip_len} frames")
+    summary = {"data_root": str(Path(data_root).resolve()), "layout": dataset.layout,
+               "train_videos": len(train), "calibration_videos": [n for n, _ in calibration],
+               "train_frames": int(sum(len(f) for f in train)), "train_clips": len(clips),
+               "source_fps": dataset.fps}
+    log(f"data: {dataset.layout} layout, {len(train)} training videos ({summary['train_frames']} frames), "
+        f"held-out calibration: {', '.join(summary['calibration_videos'])}")
+    return TrainData(clips, train, calibration, summary), contract
+
+
+def _batch(data: TrainData, picks: list[tuple[int, int]], clip_len: int) -> torch.Tensor:
+    return torch.from_numpy(np.stack([data.frames[v][s:s + clip_len] for v, s in picks]))
+
+
+def training_loss(model: M2S2L, clips: torch.Tensor, opts: TrainOptions) -> tuple[torch.Tensor, dict]:
+    out = model.outputs(clips)
+    app = (out["pred_frame"] - out["target"]).pow(2).mean()
+    mot = (out["pred_motion"] - out["motion"]).pow(2).mean()
+    dec = decorrelation_loss(out["streams"])
+    loss = app + opts.motion_weight * mot + opts.decor_weight * dec
+    return loss, {"app": app.item(), "motion": mot.item(), "decor": dec.item()}
+
+
+# -- resumable optimiser state, stored with safetensors (no pickle) -----------------------------
+def _save_train_state(run_dir: Path, model, optimizer, step: int, elapsed: float, opts: TrainOptions):
+    tensors = {}
+    for pid, st in optimizer.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    groups = optimizer.state_dict()["param_groups"]
+    for k, v in model.state_dict().items():
+        tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+    atomic_write_bytes(run_dir / STATE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    atomic_write_json(run_dir / STATE_JSON, {"step": step, "elapsed_s": elapsed, "param_groups": groups,
+                                             "options": asdict(opts), "toolkit_version": __version__})
+
+
+def _load_train_state(run_dir: Path, model, optimizer) -> tuple[int, float]:
+    try:
+        meta = json.loads((run_dir / STATE_JSON).read_text())
+        tensors = load_file(str(run_dir / STATE_WEIGHTS))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise UserError(f"cannot resume from {run_dir}: training state is missing or corrupt ({e})") from None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("model."):
+            continue
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"]), float(meta["elapsed_s"])
+
+
+@torch.no_grad()
+def calibrate(model: M2S2L, contract: InputContract, calibration, quantile: float) -> dict:
+    """Set the score buffers from held-out normal footage and return the calibration record."""
+    model.eval()
+    model.score_mean.zero_()
+    model.score_std.fill_(1.0)
+    model.map_scale.fill_(1.0)
+    runner = _InMemoryRunner(model, contract)
+    comps, e_app, e_mot = [], [], []
+    for name, frames in calibration:
+        vs = score_prepared(runner, frames, name=name)
+        comps.append(vs.components[vs.first_decidable:])
+        e_app.append(vs.extra["e_app"])
+        e_mot.append(vs.extra["e_mot"])
+    comps = torch.from_numpy(np.concatenate(comps))
+    model.score_mean.copy_(comps.mean(dim=0))
+    model.score_std.copy_(comps.std(dim=0).clamp(min=1e-3))
+    model.map_scale.copy_(torch.tensor([max(float(np.mean(np.concatenate(e))), 1e-6) for e in (e_app, e_mot)]))
+    scores = scoring.combine(comps, model.score_mean, model.score_std, model.score_weights).numpy()
+    return {"videos": [n for n, _ in calibration], "n_frames": int(len(scores)),
+            "component_mean": model.score_mean.tolist(), "component_std": model.score_std.tolist(),
+            "map_scale": model.map_scale.tolist(),
+            "score_mean": float(scores.mean()), "score_std": float(scores.std()),
+            "threshold_quantile": quantile, "threshold": float(np.quantile(scores, quantile))}
+
+
+class _InMemoryRunner:
+    """TorchRunner's interface around a model that is not saved yet (calibration during training)."""
+
+    def __init__(self, model: M2S2L, contract: InputContract):
+        self.model, self.contract, self.name = model, contract, "torch-train"
+
+    def infer(self, clips):
+        out = self.model.outputs(torch.from_numpy(np.ascontiguousarray(clips)))
+        e_app = (out["pred_frame"] - out["target"]).pow(2).flatten(1).mean(1)
+        e_mot = (out["pred_motion"] - out["motion"]).pow(2).flatten(1).mean(1)
+        return {"frame_score": out["frame_score"].numpy(), "components": out["components"].numpy(),
+                "e_app": e_app.numpy(), "e_mot": e_mot.numpy()}
+
+
+def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = None,
+          log: Callable[[str], None] = print, progress_factory=None) -> dict:
+    """Train, calibrate and save a checkpoint to ``out_dir``; returns the training summary."""
+    opts = opts or TrainOptions()
+    if opts.epochs is None and opts.minutes is None:
+        opts.epochs = 1
+    if (opts.epochs is not None and opts.epochs < 1) or (opts.minutes is not None and opts.minutes <= 0):
+        raise UserError("--epochs must be >= 1 and --minutes > 0")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} exists and is not a folder")
+    if (out_dir / WEIGHTS).exists() and not opts.resume:
+        raise UserError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {out_dir}: {e.strerror}") from None
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+
+    random.seed(opts.seed)
+    np.random.seed(opts.seed)
+    torch.manual_seed(opts.seed)
+    data, contract = load_training_data(data_root, layout, {"resize": opts.resize, "clip_len": opts.clip_len},
+                                        opts.preset, opts.channels, log)
+    cfg = preset_config(opts.preset, in_channels=contract.channels, clip_len=contract.clip_len)
+    model = M2S2L(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=1e-4)
+    step, elapsed_before = 0, 0.0
+    if opts.resume and (out_dir / STATE_JSON).exists():
+        step, elapsed_before = _load_train_state(out_dir, model, optimizer)
+        log(f"resumed from step {step} ({elapsed_before:.0f} s trained)")
+    elif opts.resume and (out_dir / WEIGHTS).exists():
+        model.load_state_dict(load_checkpoint(out_dir).state)
+        log("resumed from saved weights (no optimiser state found)")
+
+    steps_per_epoch = max(1, len(data.clips) // opts.batch)
+    total_steps = None if opts.epochs is None else step + opts.epochs * steps_per_epoch
+    budget_s = None if opts.minutes is None else opts.minutes * 60.0
+    rng = np.random.default_rng(opts.seed + step)
+    order: list[int] = []
+    t_start = time.perf_counter()
+    last_ckpt = t_start
+    losses: list[float] = []
+    parts: dict = {}
+    progress = progress_factory(total_steps, budget_s) if progress_factory else None
+    model.train()
+    while True:
+        now = time.perf_counter() - t_start
+        if total_steps is not None and step >= total_steps:
+            break
+        if budget_s is not None and now >= budget_s:
+            break
+        if len(order) < opts.batch:
+            order = list(rng.permutation(len(data.clips)))
+        picks = [data.clips[order.pop()] for _ in range(opts.batch)]
+        lr = opts.lr * (0.5 * (1 + math.cos(math.pi * _fraction(step, total_steps, now, budget_s))) * 0.95 + 0.05)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        loss, parts = training_loss(model, _batch(data, picks, contract.clip_len), opts)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step, time.perf_counter() - t_start, losses[-1])
+        if time.perf_counter() - last_ckpt > opts.checkpoint_every_s:
+            _save_train_state(out_dir, model, optimizer, step, elapsed_before + time.perf_counter() - t_start, opts)
+            last_ckpt = time.perf_counter()
+    train_seconds = time.perf_counter() - t_start
+    _save_train_state(out_dir, model, optimizer, step, elapsed_before + train_seconds, opts)
+
+    calibration = calibrate(model, contract, data.calibration, opts.threshold_quantile)
+    summary = {**data.summary, "preset": opts.preset, "steps": step, "batch": opts.batch,
+               "epochs_done": round(step / steps_per_epoch, 2), "train_seconds": round(train_seconds, 1),
+               "total_train_seconds": round(elapsed_before + train_seconds, 1),
+               "final_loss": float(np.mean(losses[-20:])) if losses else None, "final_parts": parts,
+               "seed": opts.seed, "threads": torch.get_num_threads(), "options": asdict(opts)}
+    save_checkpoint(out_dir, model, contract, {"training": summary, "calibration": calibration})
+    return summary
+
+
+def _fraction(step, total_steps, now, budget_s) -> float:
+    """Progress through the schedule in [0, 1], by steps or by time, whichever bounds the run."""
+    fr = []
+    if total_steps:
+        fr.append(step / total_steps)
+    if budget_s:
+        fr.append(now / budget_s)
+    return min(1.0, max(fr)) if fr else 0.0
+

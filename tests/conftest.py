@@ -1,0 +1,106 @@
+"""Shared fixtures: one synthetic train/test pair and ONE trained tiny checkpoint per test run.
+
+The checkpoint is cached under .cache/ keyed by a hash of the package source and the training
+options, so a developer re-running tests reuses it while any code change retrains. CI starts from
+a clean clone and trains it once (M2S2L_TEST_TRAIN_MINUTES, default 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "tests"
+TRAIN_MINUTES = float(os.environ.get("M2S2L_TEST_TRAIN_MINUTES", "4"))
+VTEST = ROOT.parent / "shared" / "data" / "vtest.avi"
+
+
+def _source_hash(*extra) -> str:
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "m2s2l_deploy").rglob("*.py")):
+        h.update(path.relative_to(ROOT).as_posix().encode())
+        h.update(path.read_bytes())
+    for e in extra:
+        h.update(repr(e).encode())
+    return h.hexdigest()[:16]
+
+
+def _cached(name: str, key: str, build) -> Path:
+    """Build into a temp folder and rename, so an interrupted run never leaves a half cache."""
+    final = CACHE / f"{name}-{key}"
+    if final.exists():
+        return final
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for old in CACHE.glob(f"{name}-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = CACHE / f".{name}-{key}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    tmp.rename(final)
+    return final
+
+
+@pytest.fixture(scope="session")
+def scene_train() -> Path:
+    """Default synthetic scene, seed 0 (training set of the shared checkpoint)."""
+    from m2s2l_deploy.data.synth import generate_scene
+    return _cached("scene-seed0", _source_hash("scene", 0), lambda p: generate_scene(p / "data", seed=0)) / "data"
+
+
+@pytest.fixture(scope="session")
+def scene_test() -> Path:
+    """Same scene layout, seed 1: unseen pedestrians and anomalies for evaluation."""
+    from m2s2l_deploy.data.synth import generate_scene
+    return _cached("scene-seed1", _source_hash("scene", 1), lambda p: generate_scene(p / "data", seed=1)) / "data"
+
+
+@pytest.fixture(scope="session")
+def trained_run(scene_train) -> Path:
+    from m2s2l_deploy.train import TrainOptions, train
+
+    opts = TrainOptions(preset="tiny", minutes=TRAIN_MINUTES, seed=0)
+    key = _source_hash("train", TRAIN_MINUTES)
+    return _cached("run", key, lambda p: train(scene_train, p / "run", opts=opts, log=lambda *_: None)) / "run"
+
+
+@pytest.fixture(scope="session")
+def eval_report(trained_run, scene_test) -> dict:
+    from m2s2l_deploy.evaluate import evaluate
+    from m2s2l_deploy.runners import TorchRunner
+
+    return evaluate(TorchRunner(trained_run, extras=True), scene_test, smooth_sigma=3.0, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def small_scene(tmp_path_factory) -> Path:
+    """A very small synthetic set for quick CLI/training-mechanics tests."""
+    from m2s2l_deploy.data.synth import generate_scene
+    out = tmp_path_factory.mktemp("small") / "scene"
+    generate_scene(out, seed=3, size=(64, 64), n_train=2, n_test=2, train_frames=24, test_frames=24)
+    return out
+
+
+@pytest.fixture(scope="session")
+def untrained_report(scene_train, scene_test, tmp_path_factory) -> dict:
+    """The same pipeline with an untrained (but calibrated) model: the bar training must clear."""
+    import torch
+
+    from m2s2l_deploy.evaluate import evaluate
+    from m2s2l_deploy.model import M2S2L
+    from m2s2l_deploy.model.checkpoint import save_checkpoint
+    from m2s2l_deploy.runners import TorchRunner
+    from m2s2l_deploy.train import calibrate, load_training_data
+
+    data, contract = load_training_data(scene_train, "auto", {"clip_len": 5}, "tiny", "auto", log=lambda *_: None)
+    from m2s2l_deploy.model import preset_config
+    torch.manual_seed(0)
+    model = M2S2L(preset_config("tiny", in_channels=contract.channels))
+    cal = calibrate(model, contract, data.calibration, 0.995)
+    run = tmp_path_factory.mktemp("untrained") / "run"
+    save_checkpoint(run, model, contract, {"calibration": cal})
+    return evaluate(TorchRunner(run, extras=True), scene_test, log=lambda *_: None)

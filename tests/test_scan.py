@@ -1,0 +1,96 @@
+"""The sequential reference and the parallel scan agree (values and gradients)."""
+
+import pytest
+import torch
+
+from m2s2l_deploy.scan import (associative_scan_linear, scan_steps, selective_scan_cpu, selective_scan_fn,
+                               selective_scan_parallel, selective_scan_ref)
+
+FAST_FORMS = [selective_scan_parallel, selective_scan_cpu]
+
+
+def _inputs(batch, dim, state, length, groups=None, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)
+    bc_shape = (batch, state, length) if groups is None else (batch, groups, state, length)
+    return dict(
+        u=r(batch, dim, length).to(dtype),
+        delta=(0.5 * r(batch, dim, length)).to(dtype),
+        A=-torch.exp(r(dim, state)),
+        B=r(*bc_shape).to(dtype),
+        C=r(*bc_shape).to(dtype),
+        D=r(dim),
+        z=r(batch, dim, length).to(dtype),
+        delta_bias=0.1 * r(dim),
+    )
+
+
+@pytest.mark.parametrize("form", FAST_FORMS)
+@pytest.mark.parametrize("length", [1, 2, 7, 64, 100, 257])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_fast_forms_match_reference(form, length, groups):
+    x = _inputs(2, 6, 4, length, groups=groups)
+    ref = selective_scan_ref(**x, delta_softplus=True)
+    par = form(**x, delta_softplus=True)
+    assert par.shape == ref.shape == (2, 6, length)
+    torch.testing.assert_close(par, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", FAST_FORMS)
+def test_optional_arguments_and_last_state(form):
+    x = _inputs(1, 3, 8, 33)
+    for kwargs in ({}, {"D": x["D"]}, {"z": x["z"]}, {"delta_bias": x["delta_bias"]}):
+        # without softplus, delta must be positive for a decaying (stable) recurrence
+        args = dict(u=x["u"], delta=x["delta"].abs(), A=x["A"], B=x["B"], C=x["C"], **kwargs)
+        ref, h_ref = selective_scan_ref(**args, return_last_state=True)
+        par, h_par = form(**args, return_last_state=True)
+        torch.testing.assert_close(par, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h_par, h_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_match():
+    x = _inputs(2, 4, 4, 45, groups=2, seed=3)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    grads = []
+    for fn in (selective_scan_ref, *FAST_FORMS):
+        for v in leaves.values():
+            v.grad = None
+        out = fn(**leaves, delta_softplus=True)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append({k: v.grad.clone() for k, v in leaves.items()})
+    for fast in grads[1:]:
+        for k in leaves:
+            torch.testing.assert_close(fast[k], grads[0][k], rtol=1e-5, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("form", FAST_FORMS)
+def test_half_inputs_compute_in_fp32(form):
+    x = _inputs(1, 4, 4, 20, dtype=torch.bfloat16)
+    out = form(**x)
+    assert out.dtype == torch.bfloat16
+    ref = selective_scan_ref(**x)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_associative_scan_against_loop_and_no_overflow():
+    a = torch.rand(3, 50) * 0.999
+    a[:, 10] = 0.0
+    b = torch.randn(3, 50) * 1e3
+    h, expect = torch.zeros(3), []
+    for t in range(50):
+        h = a[:, t] * h + b[:, t]
+        expect.append(h)
+    torch.testing.assert_close(associative_scan_linear(a, b), torch.stack(expect, -1), rtol=1e-5, atol=1e-3)
+    # extremely strong decay: exp(-1e4) underflows to 0 and must stay finite
+    out = selective_scan_parallel(torch.ones(1, 1, 9), torch.full((1, 1, 9), 1e4),
+                                  -torch.ones(1, 2), torch.ones(1, 2, 9), torch.ones(1, 2, 9))
+    assert torch.isfinite(out).all()
+
+
+def test_step_count_is_logarithmic():
+    assert scan_steps(1) == 0 and scan_steps(2) == 1 and scan_steps(4096) == 12 and scan_steps(257) == 9
+
+
+def test_dispatcher_on_cpu_is_cpu_form():
+    x = _inputs(1, 2, 2, 5)
+    torch.testing.assert_close(selective_scan_fn(**x), selective_scan_cpu(**x))

@@ -1,0 +1,59 @@
+"""The in-graph score against independent NumPy/SciPy computations."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import uniform_filter
+
+from m2s2l_deploy import scoring
+
+
+def test_worst_patch_psnr_matches_numpy():
+    rng = np.random.default_rng(0)
+    err = rng.random((2, 1, 16, 16)).astype(np.float32)
+    err[1, 0, 8:12, 4:8] += 5.0                       # a hot spot
+    got = scoring.worst_patch(torch.from_numpy(err), 4).numpy()
+    expect = []
+    for b in range(2):
+        best = max(err[b, 0, i:i + 4, j:j + 4].mean() for i in range(0, 13, 2) for j in range(0, 13, 2))
+        expect.append(best)
+    np.testing.assert_allclose(got, expect, rtol=1e-6)
+    psnr = scoring.psnr(torch.tensor([0.04])).item()
+    assert psnr == pytest.approx(10 * np.log10(4 / 0.04), rel=1e-5)
+
+
+def test_ssim_dissimilarity_against_scipy_interior():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (1, 1, 24, 24)).astype(np.float64)
+    y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1)
+    got = scoring.ssim_dissimilarity(torch.from_numpy(x).float(), torch.from_numpy(y).float(), 7).numpy()[0, 0]
+    f = lambda a: uniform_filter(a, 7)                # same 7x7 uniform window (interior only)
+    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+    a, b = x[0, 0], y[0, 0]
+    mx, my = f(a), f(b)
+    vx, vy, cxy = f(a * a) - mx ** 2, f(b * b) - my ** 2, f(a * b) - mx * my
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    np.testing.assert_allclose(got[3:-3, 3:-3], ((1 - ssim) / 2)[3:-3, 3:-3], rtol=1e-4, atol=1e-5)
+    same = scoring.ssim_dissimilarity(torch.from_numpy(x).float(), torch.from_numpy(x).float())
+    assert same.abs().max().item() < 1e-5
+
+
+def test_components_rank_a_visible_object_higher():
+    """A blob the prediction misses raises every component relative to a clean prediction."""
+    torch.manual_seed(0)
+    target = torch.rand(1, 1, 32, 32) * 0.2 - 0.5
+    prev = target.clone()
+    good = target + 0.01 * torch.randn_like(target)
+    bad = good.clone()
+    bad[..., 10:16, 10:16] = 0.9
+    motion = target - prev
+    c_good, *_ = scoring.components(good, target, motion, motion, 8)
+    c_bad, *_ = scoring.components(bad, target, motion + 0.0, motion, 8)
+    assert (c_bad[0, 0] > c_good[0, 0]) and (c_bad[0, 2] > c_good[0, 2])
+
+
+def test_combine_standardises_and_weights():
+    comps = torch.tensor([[3.0, 5.0, 7.0]])
+    mean, std = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 4.0, 6.0])
+    assert scoring.combine(comps, mean, std, torch.ones(3)).item() == pytest.approx(1 + 1 + 1)
+    assert scoring.combine(comps, mean, std, torch.tensor([1.0, 0, 0])).item() == pytest.approx(1.0)

@@ -1,0 +1,68 @@
+"""End to end on the shared checkpoint: training result, AUC floors against the baseline, report."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from m2s2l_deploy import metrics
+from m2s2l_deploy.data import open_dataset
+from m2s2l_deploy.model.checkpoint import load_checkpoint
+from m2s2l_deploy.train import TrainOptions, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_checkpoint_records_contract_and_calibration(trained_run):
+    ckpt = load_checkpoint(trained_run)
+    assert ckpt.contract.fps == 10 and ckpt.contract.channels == 1 and ckpt.contract.clip_len == 5
+    cal = ckpt.info["calibration"]
+    assert len(cal["component_std"]) == 3 and all(s > 0 for s in cal["component_std"])
+    # the buffers in the weights are the calibration record
+    np.testing.assert_allclose(ckpt.state["score_mean"].numpy(), cal["component_mean"], rtol=1e-6)
+    assert ckpt.info["training"]["steps"] > 0 and ckpt.info["training"]["layout"] == "frames"
+
+
+def test_training_beats_the_untrained_model(eval_report, untrained_report):
+    """Floors measured against the same pipeline with an untrained, calibrated model.
+
+    The issue's target (micro AUC >= 0.95 after <= 10 CPU-minutes) is not reached yet (README,
+    Results); these floors check that training teaches the model where anomalies are.
+    """
+    r, u = eval_report, untrained_report
+    assert r["auc_pixel"] >= 0.9 and r["auc_pixel"] >= u["auc_pixel"] + 0.1, (r["auc_pixel"], u["auc_pixel"])
+    assert r["auc_micro"] > u["auc_micro"], (r["auc_micro"], u["auc_micro"])
+    assert r["baseline_auc_micro"] == pytest.approx(u["baseline_auc_micro"])   # same frames, same baseline
+    assert r["baseline_auc_micro"] <= 0.80          # the synthetic set is not trivially easy
+
+
+def test_report_agrees_with_sklearn_directly(eval_report, scene_test):
+    """The per-video AUCs are what scikit-learn gives on the same labels (independent recomputation)."""
+    ds = open_dataset(scene_test)
+    labels = {v.name: v.labels for v in ds.test}
+    assert eval_report["n_frames"] == sum(len(l) for l in labels.values())
+    clean = [v for v, l in labels.items() if l.sum() == 0]
+    assert sorted(eval_report["skipped_single_class"]) == sorted(clean)
+    aucs = [eval_report["per_video"][v]["auc"] for v in labels if v not in clean]
+    assert eval_report["auc_macro"] == pytest.approx(np.mean(aucs))
+    # baseline recomputed from raw frames, sklearn on the concatenation
+    base = np.concatenate([metrics.minmax_per_video(metrics.frame_difference_scores(v.load())) for v in ds.test])
+    y = np.concatenate([v.labels for v in ds.test])
+    assert eval_report["baseline_auc_micro"] == pytest.approx(roc_auc_score(y, base))
+
+
+def test_ablation_has_all_variants(eval_report):
+    ab = eval_report["ablation"]
+    assert set(ab) == {"appearance-only", "motion-only", "combined", "quality-aware"}
+    assert ab["quality-aware"]["auc_micro"] == pytest.approx(eval_report["auc_micro"])
+    assert all(0.0 <= v["auc_micro"] <= 1.0 for v in ab.values())
+
+
+def test_resume_continues_steps(small_scene, tmp_path):
+    run = tmp_path / "run"
+    first = train(small_scene, run, opts=TrainOptions(epochs=1, batch=4), log=lambda *_: None)
+    second = train(small_scene, run, opts=TrainOptions(epochs=1, batch=4, resume=True), log=lambda *_: None)
+    assert second["steps"] == 2 * first["steps"]
+    assert json.loads((run / "train_state.json").read_text())["step"] == second["steps"]
+    assert load_checkpoint(run).info["training"]["steps"] == second["steps"]
