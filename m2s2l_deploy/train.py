@@ -44,6 +44,7 @@ class TrainOptions:
     lr: float = 2e-3
     seed: int = 0
     motion_weight: float = 2.0
+    fg_weight: float = 10.0         # foreground emphasis of the appearance loss (0 = plain MSE)
     decor_weight: float = 0.1
     channels: str = "auto"          # auto | 1 | 3
     resize: str = "stretch"
@@ -104,9 +105,24 @@ def _batch(data: TrainData, picks: list[tuple[int, int]], clip_len: int) -> torc
     return torch.from_numpy(np.stack([data.frames[v][s:s + clip_len] for v, s in picks]))
 
 
-def training_loss(model: M2S2L, clips: torch.Tensor, opts: TrainOptions) -> tuple[torch.Tensor, dict]:
+def background_of(frames: list[np.ndarray]) -> torch.Tensor:
+    """Per-pixel temporal median of the training footage: the fixed camera's empty scene (C, H, W)."""
+    stack = np.concatenate([f[:: max(1, len(f) // 40)] for f in frames])
+    return torch.from_numpy(np.median(stack, axis=0).astype(np.float32))
+
+
+def training_loss(model: M2S2L, clips: torch.Tensor, opts: TrainOptions,
+                  background: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Weighted MSEs. With a background, appearance pixels are weighted 1 + fg_weight*|target - bg|:
+    walkers cover a few percent of a surveillance frame, so a plain MSE learns the static scene
+    and leaves people blurry, and blurry people score as anomalous as real anomalies."""
     out = model.outputs(clips)
-    app = (out["pred_frame"] - out["target"]).pow(2).mean()
+    sq = (out["pred_frame"] - out["target"]).pow(2)
+    if background is not None and opts.fg_weight > 0:
+        weight = 1.0 + opts.fg_weight * (out["target"] - background).abs()
+        app = (sq * weight).mean() / weight.mean()
+    else:
+        app = sq.mean()
     mot = (out["pred_motion"] - out["motion"]).pow(2).mean()
     dec = decorrelation_loss(out["streams"])
     loss = app + opts.motion_weight * mot + opts.decor_weight * dec
@@ -223,6 +239,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         model.load_state_dict(load_checkpoint(out_dir).state)
         log("resumed from saved weights (no optimiser state found)")
 
+    background = background_of(data.frames)
     steps_per_epoch = max(1, len(data.clips) // opts.batch)
     total_steps = None if opts.epochs is None else step + opts.epochs * steps_per_epoch
     budget_s = None if opts.minutes is None else opts.minutes * 60.0
@@ -246,7 +263,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         lr = opts.lr * (0.5 * (1 + math.cos(math.pi * _fraction(step, total_steps, now, budget_s))) * 0.95 + 0.05)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        loss, parts = training_loss(model, _batch(data, picks, contract.clip_len), opts)
+        loss, parts = training_loss(model, _batch(data, picks, contract.clip_len), opts, background)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,26 +1,11 @@
 """The CLI end to end, and its contract for bad input: one line on stderr, exit 2, no traceback."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "m2s2l_deploy.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=900)
-
-
-def assert_user_error(proc, *needles):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+from cli_helpers import assert_user_error, run_cli
 
 
 def test_help_lists_commands():
