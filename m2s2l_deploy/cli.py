@@ -287,7 +287,29 @@ def demo(workdir: Path = typer.Option(Path("runs/demo"), "--workdir", help="Wher
     out.print(_report_table(report, f"tiny on unseen scene seed {test_seed}: {report['n_frames']} frames"))
     if (t := _ablation_table(report)) is not None:
         out.print(t)
+    report["onnx"] = _demo_onnx(run, test_set, workdir, report)
     _write_json(workdir / "report.json", report)
+
+
+def _demo_onnx(run: Path, test_set: Path, workdir: Path, torch_report: dict) -> dict | None:
+    """Demo step: export the loop-scan ONNX and evaluate it with ONNX Runtime beside PyTorch."""
+    try:
+        from .onnx_export import export_onnx
+        from .runners.onnx_runner import OnnxRunner
+    except ImportError:
+        console.print("onnx / onnxruntime not installed: skipping the ONNX step (pip install 'm2s2l-deploy[onnx]')")
+        return None
+    path = export_onnx(run, workdir / "m2s2l-tiny-loop.onnx", scan="loop").paths[0]
+    console.print(f"exported {path}; evaluating it with ONNX Runtime")
+    rep = run_evaluate(run, test_set, "frames", 16, 0.0, None, runner=OnnxRunner(path, checkpoint=run))
+    t = Table(title="PyTorch vs ONNX Runtime (loop scan), paper protocol")
+    for col in ("runner", "micro AUC", "macro AUC", "ms / clip"):
+        t.add_column(col)
+    for name, r in (("PyTorch CPU", torch_report), ("ONNX Runtime CPU", rep)):
+        t.add_row(name, _fmt(r["auc_micro"]), _fmt(r["auc_macro"]), f"{r['timing']['ms_per_frame']:.1f}")
+    out.print(t)
+    return {"path": str(path), "auc_micro": rep["auc_micro"], "auc_macro": rep["auc_macro"],
+            "delta_auc_micro": rep["auc_micro"] - torch_report["auc_micro"], "timing": rep["timing"]}
 
 
 @app.callback(invoke_without_command=True)
