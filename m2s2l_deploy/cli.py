@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -287,29 +288,85 @@ def demo(workdir: Path = typer.Option(Path("runs/demo"), "--workdir", help="Wher
     out.print(_report_table(report, f"tiny on unseen scene seed {test_seed}: {report['n_frames']} frames"))
     if (t := _ablation_table(report)) is not None:
         out.print(t)
-    report["onnx"] = _demo_onnx(run, test_set, workdir, report)
+    report["deploy"] = _demo_deploy(run, train_set, test_set, workdir, test_seed)
     _write_json(workdir / "report.json", report)
 
 
-def _demo_onnx(run: Path, test_set: Path, workdir: Path, torch_report: dict) -> dict | None:
-    """Demo step: export the loop-scan ONNX and evaluate it with ONNX Runtime beside PyTorch."""
+def _demo_deploy(run: Path, train_set: Path, test_set: Path, workdir: Path, test_seed: int) -> dict | None:
+    """Demo, deployment half: export, validate fp32 and INT8 ONNX, build an engine, bench a video."""
     try:
+        from .engine.calibration import calibration_set
+        from .engine.precision import to_int8
         from .onnx_export import export_onnx
-        from .runners.onnx_runner import OnnxRunner
+        from .runners.onnx_runner import OnnxRunner  # noqa: F401  (fails early without onnxruntime)
     except ImportError:
-        console.print("onnx / onnxruntime not installed: skipping the ONNX step (pip install 'm2s2l-deploy[onnx]')")
+        console.print("onnx / onnxruntime not installed: skipping export, validate and bench "
+                      "(pip install 'm2s2l-deploy[onnx]')")
         return None
-    path = export_onnx(run, workdir / "m2s2l-tiny-loop.onnx", scan="loop").paths[0]
-    console.print(f"exported {path}; evaluating it with ONNX Runtime")
-    rep = run_evaluate(run, test_set, "frames", 16, 0.0, None, runner=OnnxRunner(path, checkpoint=run))
-    t = Table(title="PyTorch vs ONNX Runtime (loop scan), paper protocol")
-    for col in ("runner", "micro AUC", "macro AUC", "ms / clip"):
-        t.add_column(col)
-    for name, r in (("PyTorch CPU", torch_report), ("ONNX Runtime CPU", rep)):
-        t.add_row(name, _fmt(r["auc_micro"]), _fmt(r["auc_macro"]), f"{r['timing']['ms_per_frame']:.1f}")
+    import onnx
+
+    from .bench import run_bench
+    from .data.synth import render_video_file
+    from .model.checkpoint import atomic_write_bytes
+    from .runners import TorchRunner
+    from .validate import load_test_set, record_run, run_validate
+
+    fp32 = export_onnx(run, workdir / "m2s2l-tiny-loop.onnx", scan="loop").paths[0]
+    console.print(f"exported {fp32}")
+    reference = TorchRunner(run)
+    videos = load_test_set(test_set, "frames", reference.contract, log=lambda *_: None)
+    console.print(f"validate: PyTorch reference on {len(videos)} test videos")
+    ref = record_run(reference, videos)
+    clips, _ = calibration_set(reference.contract, train_set, n_clips=64, cache_dir=workdir / "calibration")
+    int8_model, _ = to_int8(onnx.load(str(fp32)), clips, "minmax")
+    int8 = workdir / "m2s2l-tiny-loop-int8.onnx"
+    atomic_write_bytes(int8, lambda tmp: onnx.save(int8_model, str(tmp)))
+    console.print(f"quantized {int8} (Q/DQ INT8, {len(clips)} calibration clips from the training videos)")
+    reports = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        reports[name] = run_validate(run, onnx=path, data=test_set, dataset="frames", reference=ref, test_set=videos,
+                                     markdown_out=workdir / f"validate-{name}.md", log=lambda *_: None)
+    t = Table(title="validate vs PyTorch (CPU, loop scan, micro AUC paper protocol)")
+    for col in ("form", "AUC", "ΔAUC", "corr", "p99 err", "ms/clip", "speed-up", "gates"):
+        t.add_column(col, no_wrap=True)
+    r0 = reports["fp32"]["reference"]
+    t.add_row("PyTorch fp32", _fmt(r0["auc_micro"]), "ref", "", "", f"{r0['ms_per_clip']:.1f}", "", "")
+    for name, r in reports.items():
+        t.add_row(f"ORT {name}", _fmt(r["candidate"]["auc_micro"]), f"{r['delta_auc']['auc_micro']:+.4f}",
+                  _fmt(min(r["correlation"]["pearson"], r["correlation"]["spearman"])),
+                  f"{r['output_error']['frame_score']['p99_rel']:.2g}", f"{r['candidate']['ms_per_clip']:.1f}",
+                  f"{r['speedup']:.2f}x", "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]")
     out.print(t)
-    return {"path": str(path), "auc_micro": rep["auc_micro"], "auc_macro": rep["auc_macro"],
-            "delta_auc_micro": rep["auc_micro"] - torch_report["auc_micro"], "timing": rep["timing"]}
+    result = {"onnx": str(fp32), "int8_onnx": str(int8),
+              "validate": {k: {kk: r[kk] for kk in ("passed", "precision", "reference", "candidate", "delta_auc",
+                                                     "correlation", "speedup", "gates")} for k, r in reports.items()}}
+    result["engine"] = _demo_engine(fp32, workdir)
+    video = workdir / "bench-cyclist.avi"
+    labels = render_video_file(video, seed=test_seed + 100, n_frames=120, events=("cyclist",))
+    console.print(f"bench: {video} (synthetic, a cyclist passes) through ONNX Runtime, threshold from calibration")
+    from .cli_bench import print_bench_summary
+    summary = run_bench(video, onnx=fp32, checkpoint=run, threshold="auto", plot=workdir / "bench.png",
+                        json_out=workdir / "bench.json", labels=labels, log=lambda *_: None)
+    print_bench_summary(summary)
+    result["bench"] = {k: summary.get(k) for k in ("fps_model", "fps_e2e", "latency_ms", "n_frames", "alerts")}
+    return result
+
+
+def _demo_engine(onnx_path: Path, workdir: Path) -> dict | None:
+    """Demo step: an FP16 TensorRT engine when a TensorRT backend is installed (built, never run here)."""
+    from .engine.backend import available_backends
+
+    if not available_backends():
+        console.print("no TensorRT backend installed: skipping the engine build "
+                      "(pip install 'm2s2l-deploy\\[tensorrt]')")
+        return None
+    from .engine.build import build_engine
+
+    plan = workdir / "engines" / "m2s2l-tiny-loop-fp16.plan"
+    r = build_engine(onnx_path, plan, precision="fp16")
+    console.print(f"built {r.plan} with {r.backend} in {r.build_seconds:.1f} s (fp16, sidecar {r.sidecar.name}); "
+                  "built ahead of time, not run: no GPU here can execute it")
+    return {"plan": str(r.plan), "backend": r.backend, "precision": r.precision, "build_seconds": r.build_seconds}
 
 
 @app.callback(invoke_without_command=True)
@@ -321,9 +378,9 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except UserError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         console.print("[red]aborted[/red]")
@@ -335,7 +392,13 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
+
+# Commands that live in their own modules register themselves on `app` when imported.
+from . import cli_bench, cli_engine, cli_serve  # noqa: E402,F401
 
 if __name__ == "__main__":
-    main()
+    # Run through the package module so the command modules above register on the same `app`.
+    from m2s2l_deploy.cli import main as _main
+    _main()

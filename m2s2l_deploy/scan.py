@@ -20,13 +20,19 @@ Forms:
   would need B*D*N*L*chunk values instead.
 - ``selective_scan_cpu``: the same recurrence time-major with a hand-written adjoint (backward), the
   fastest form on a CPU, where a step over one contiguous slice is cheap.
-- ``selective_scan_fn``: dispatcher used by the model: mamba-ssm's CUDA kernel when importable and
-  the tensors are on CUDA, the parallel form elsewhere on CUDA, the CPU form on CPU.
+- ``kernels.scan_triton.selective_scan_triton``: the OpenAI-Triton GPU kernel (forward only), in
+  its own package because it needs ``triton``; imported lazily from here.
+- ``selective_scan_fn``: dispatcher used by the model (``choose_scan_form`` is its rule): on CUDA,
+  mamba-ssm's kernel when importable, else the Triton kernel when no gradient is needed (inference,
+  ``no_grad``/``inference_mode``), else the parallel form (training keeps autograd); on CPU the CPU
+  form. ``use_scan_form`` forces one form (benchmarks, tests).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -237,6 +243,7 @@ def selective_scan_parallel(u, delta, A, B, C, D=None, z=None, delta_bias=None, 
     return (out, h[..., -1]) if return_last_state else out
 
 
+@functools.lru_cache(maxsize=None)
 def _mamba_ssm_kernel():
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as kernel
@@ -245,15 +252,76 @@ def _mamba_ssm_kernel():
     return kernel
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_kernel():
+    """The Triton kernel function, or None when OpenAI Triton is not importable (cached)."""
+    try:
+        from .kernels.scan_triton import selective_scan_triton
+    except Exception:  # triton is an optional extra (it ships with CUDA builds of torch)
+        return None
+    return selective_scan_triton
+
+
+SCAN_FORMS = ("ref", "parallel", "cpu", "triton", "mamba_ssm")
+_forced_form: str | None = None
+
+
+@contextmanager
+def use_scan_form(name: str | None):
+    """Force ``selective_scan_fn`` to one form inside the block (None = the automatic choice).
+
+    For benchmarks and tests, e.g. the model with the parallel form vs the Triton kernel on one GPU.
+    Process-wide, not thread-local.
+    """
+    global _forced_form
+    if name is not None and name not in SCAN_FORMS:
+        raise ValueError(f"unknown scan form {name!r} (choose from {', '.join(SCAN_FORMS)})")
+    saved, _forced_form = _forced_form, name
+    try:
+        yield
+    finally:
+        _forced_form = saved
+
+
+def choose_scan_form(on_cuda: bool, needs_grad: bool, have_mamba_ssm: bool, have_triton: bool) -> str:
+    """The dispatcher's rule: which form runs a scan."""
+    if not on_cuda:
+        return "cpu"
+    if have_mamba_ssm:
+        return "mamba_ssm"
+    if have_triton and not needs_grad:
+        return "triton"
+    return "parallel"
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The scan the model calls: mamba-ssm's fused kernel on CUDA when installed, the parallel
-    form elsewhere on CUDA, the time-major recurrence on CPU."""
-    if u.is_cuda:
-        kernel = _mamba_ssm_kernel()
-        if kernel is not None:
-            return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        return selective_scan_parallel(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    """The scan the model calls; see ``choose_scan_form`` for which form runs."""
+    form = _forced_form
+    if form is None:
+        on_cuda = u.is_cuda
+        form = choose_scan_form(
+            on_cuda, _needs_grad(u, delta, A, B, C, D, z, delta_bias),
+            on_cuda and _mamba_ssm_kernel() is not None, on_cuda and _triton_kernel() is not None)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if form == "cpu":
+        return selective_scan_cpu(*args)
+    if form == "parallel":
+        return selective_scan_parallel(*args)
+    if form == "ref":
+        return selective_scan_ref(*args)
+    if form == "triton":
+        kernel = _triton_kernel()
+        if kernel is None:
+            raise RuntimeError("scan form 'triton' needs OpenAI Triton (pip install 'm2s2l-deploy[triton]')")
+        return kernel(*args)
+    kernel = _mamba_ssm_kernel()
+    if kernel is None:
+        raise RuntimeError("scan form 'mamba_ssm' needs mamba-ssm installed")
+    return kernel(*args)
 
 
 def scan_flops(batch: int, dim: int, state: int, length: int, with_z: bool, with_d: bool) -> int:

@@ -1,12 +1,15 @@
 """Shared fixtures: one synthetic train/test pair and ONE trained tiny checkpoint per test run.
 
-The checkpoint is cached under .cache/ keyed by a hash of the package source and the training
-options, so a developer re-running tests reuses it while any code change retrains. CI starts from
-a clean clone and trains it once (M2S2L_TEST_TRAIN_MINUTES, default 4).
+The checkpoint is cached under .cache/ keyed by a hash of the source files that decide training
+(model, scan, scoring, data, training loop) and the training options, so a developer re-running
+tests reuses it while a change to any of those retrains; editing the exporter or the CLI does not.
+Concurrent pytest processes share one build through a file lock. CI starts from a clean clone and
+trains it once (M2S2L_TEST_TRAIN_MINUTES, default 4).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -20,9 +23,15 @@ TRAIN_MINUTES = float(os.environ.get("M2S2L_TEST_TRAIN_MINUTES", "4"))
 VTEST = ROOT.parent / "shared" / "data" / "vtest.avi"
 
 
+# Source that decides the synthetic scenes and the trained checkpoint (globs under m2s2l_deploy/).
+TRAINING_SOURCES = ("__init__.py", "contract.py", "inference.py", "scan.py", "scoring.py", "train.py",
+                    "data/*.py", "model/*.py", "runners/base.py", "runners/torch_runner.py")
+
+
 def _source_hash(*extra) -> str:
     h = hashlib.sha256()
-    for path in sorted((ROOT / "m2s2l_deploy").rglob("*.py")):
+    pkg = ROOT / "m2s2l_deploy"
+    for path in sorted({p for pattern in TRAINING_SOURCES for p in pkg.glob(pattern)}):
         h.update(path.relative_to(ROOT).as_posix().encode())
         h.update(path.read_bytes())
     for e in extra:
@@ -36,12 +45,16 @@ def _cached(name: str, key: str, build) -> Path:
     if final.exists():
         return final
     CACHE.mkdir(parents=True, exist_ok=True)
-    for old in CACHE.glob(f"{name}-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    tmp = CACHE / f".{name}-{key}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    tmp.rename(final)
+    with open(CACHE / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest may be building the same thing
+        if final.exists():
+            return final
+        for old in CACHE.glob(f"{name}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = CACHE / f".{name}-{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        tmp.rename(final)
     return final
 
 

@@ -1,14 +1,18 @@
-"""Runners: one tiny interface, ``infer(clips) -> {output name: array}``, for every backend."""
+"""Runners: one tiny interface, ``infer(clips) -> {output name: array}``, for every backend.
+
+Each runner is imported on first use, so `serve --onnx` or an ORT-only deployment does not pay
+for importing torch, and onnxruntime / TensorRT stay optional dependencies of the package.
+"""
 
 from .base import Runner
-from .torch_runner import TorchRunner
 
-__all__ = ["Runner", "TorchRunner", "OnnxRunner"]
+__all__ = ["Runner", "TorchRunner", "OnnxRunner", "TensorRTRunner"]
+
+_LAZY = {"TorchRunner": ".torch_runner", "OnnxRunner": ".onnx_runner", "TensorRTRunner": ".tensorrt_runner"}
 
 
 def __getattr__(name):
-    """OnnxRunner on first use: onnxruntime stays an optional dependency of the package."""
-    if name == "OnnxRunner":
-        from .onnx_runner import OnnxRunner
-        return OnnxRunner
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

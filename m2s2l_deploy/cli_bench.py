@@ -1,0 +1,201 @@
+"""`bench` (a video through any runner, with alerts) and `validate` (candidate vs PyTorch) (issue #5).
+
+Commands register on the shared Typer ``app`` of ``cli.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .cli import _progress, _write_json, app, console, out
+from .errors import UserError
+
+
+def _bench_progress(prog):
+    task = prog.add_task("bench", total=None, info="")
+
+    def cb(done, total):
+        prog.update(task, completed=done, total=total, info=f"{done} frames")
+    return cb
+
+
+def _settings_table(s: dict) -> Table:
+    t = Table(title="bench settings")
+    t.add_column("setting")
+    t.add_column("value")
+    vi = s["video_info"]
+    t.add_row("video", f"{s['video']} ({vi['width']}x{vi['height']}, {vi['fps']:g} fps, {vi['frames_decoded']} frames decoded)")
+    t.add_row("runner", s["runner"])
+    m = s.get("machine", {})
+    t.add_row("machine", f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores" + (f", {m['gpu']}" if m.get("gpu") else ""))
+    rate = f"{s['scores_fps']:g} fps" if s.get("scores_fps") else "source rate"
+    t.add_row("frame rate", f"resampled to {rate} (model's training rate)" if s["resampled"] else rate)
+    t.add_row("batch / warm-up calls", f"{s['batch']} / {s['warmup_calls']}")
+    thr = "none (no alerts)" if s["threshold"] is None else f"{s['threshold']:.3f} ({s['threshold_source']})"
+    t.add_row("threshold", thr)
+    r = s["alert_rules"]
+    t.add_row("alert rules", f"raise after {r['min_frames']} frames above, merge gaps <= {r['merge_gap']} frames")
+    return t
+
+
+def _results_table(s: dict) -> Table:
+    t = Table(title="bench results")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("frames scored", f"{s['n_frames']} ({s['n_flagged_frames']} before the first full clip, flagged)")
+    lat = s["latency_ms"]
+    t.add_row("latency per clip p50 / p90 / p99", f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['p99']:.1f} ms")
+    t.add_row("FPS model only", f"{s['fps_model']:.1f}")
+    t.add_row("FPS end to end (decode included)", f"{s['fps_e2e']:.1f}")
+    tm = s["timing"]
+    t.add_row("wall / model / decode / contract", f"{tm['wall_s']:.2f} / {tm['model_s']:.2f} / {tm['decode_s']:.2f} / {tm['preprocess_s']:.2f} s")
+    sc = s["score"]
+    t.add_row("score min / mean / max", f"{sc['min']:.2f} / {sc['mean']:.2f} / {sc['max']:.2f}")
+    t.add_row("alert events", str(len(s["alerts"])))
+    return t
+
+
+def _alerts_table(s: dict) -> Table | None:
+    if not s["alerts"]:
+        return None
+    t = Table(title="alerts")
+    for col in ("#", "start", "end", "peak frame", "peak score", "raised at"):
+        t.add_column(col, justify="right")
+    for i, a in enumerate(s["alerts"], 1):
+        def at(key):
+            return f"{a[key + '_frame']}" + (f" ({a[key + '_s']:.1f} s)" if key + "_s" in a else "")
+        t.add_row(str(i), at("start"), at("end"), at("peak"), f"{a['peak_score']:.2f}", at("raised"))
+    return t
+
+
+def print_bench_summary(s: dict) -> None:
+    out.print(_settings_table(s))
+    out.print(_results_table(s))
+    if (t := _alerts_table(s)) is not None:
+        out.print(t)
+
+
+def _threshold_arg(text: str):
+    t = text.strip().lower()
+    if t == "auto":
+        return "auto"
+    if t in ("none", "off"):
+        return None
+    try:
+        return float(t)
+    except ValueError:
+        raise UserError(f"--threshold must be auto, none or a number, got '{text}'") from None
+
+
+def _server_bench(videos, server, streams, duration, threshold, json_out, local_only):
+    """`bench --server URL`: the serving helper's stream load test, printed and written as JSON."""
+    if local_only:
+        raise UserError(f"{', '.join(local_only)} cannot be used with --server (the server runs its own model)")
+    if streams < 1:
+        raise UserError(f"--streams must be >= 1, got {streams}")
+    try:
+        from .serving.client import bench_streams
+    except ImportError as e:
+        raise UserError(f"server mode needs the serve extra ({e}); pip install 'm2s2l-deploy[serve]'") from None
+    thr = threshold if isinstance(threshold, float) else None
+    result = bench_streams([Path(v) for v in videos], server, streams, duration, thr, console.print)
+    out.print_json(json.dumps(result, default=str))
+    _write_json(json_out, result)
+    return result
+
+
+@app.command()
+def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Video file (several only with --server)."),
+          checkpoint: Optional[Path] = typer.Option(None, help="Run folder from `train` (PyTorch runner; with --onnx/--engine: checked against them)."),
+          onnx: Optional[Path] = typer.Option(None, "--onnx", help="Exported ONNX (ONNX Runtime); a --split export's NAME.onnx runs as the streaming runner."),
+          engine: Optional[Path] = typer.Option(None, "--engine", help="TensorRT engine plan (needs a GPU and TensorRT)."),
+          backend: Optional[str] = typer.Option(None, help="torch|onnxruntime|tensorrt (default: implied by the files given)."),
+          device: str = typer.Option("cpu", help="cpu|cuda."),
+          threads: Optional[int] = typer.Option(None, help="CPU threads for torch / ONNX Runtime (default: their choice)."),
+          dtype: str = typer.Option("fp32", help="PyTorch runner on cuda: fp32|fp16|bf16 (autocast; the scan state stays fp32)."),
+          cuda_graph: bool = typer.Option(False, "--cuda-graph", help="PyTorch runner on cuda: replay a captured CUDA graph per batch shape."),
+          batch: int = typer.Option(1, help="Clips per inference call: 1 = live latency; larger trades latency for throughput."),
+          max_frames: Optional[int] = typer.Option(None, help="Decode at most this many frames of the video."),
+          threshold: str = typer.Option("auto", help="Alert threshold: auto (calibrated on normal footage, stored with the model), a number, or none."),
+          min_frames: int = typer.Option(3, help="Alert: raise after this many consecutive frames above the threshold."),
+          merge_gap: int = typer.Option(5, help="Alert: an event survives gaps of up to this many frames below the threshold."),
+          warmup: int = typer.Option(3, help="Warm-up inference calls before timing."),
+          json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary (fps_model, fps_e2e, latency_ms, n_frames, alerts, ...) as JSON."),
+          scores_csv: Optional[Path] = typer.Option(None, "--scores-csv", help="Per-frame scores: frame, source_frame, time_s, score, decidable, in_alert."),
+          plot: Optional[Path] = typer.Option(None, "--plot", help="Score plot PNG (threshold, alerts, flagged frames)."),
+          annotate: Optional[Path] = typer.Option(None, "--annotate", help="Annotated video (.mp4 or .avi) with score and live alert state."),
+          allow_truncated: bool = typer.Option(False, "--allow-truncated", help="Score the decodable part of a truncated/damaged video instead of failing."),
+          server: Optional[str] = typer.Option(None, "--server", help="Benchmark a running `serve` endpoint at this URL instead of a local runner."),
+          streams: int = typer.Option(1, help="--server: concurrent video streams."),
+          duration: Optional[float] = typer.Option(None, help="--server: seconds to run (default: each video once).")):
+    """Score a video frame by frame as a live system would: causal scores, alerts, latency, FPS.
+
+    Decoding runs on a background thread; the video is resampled to the model's training frame rate;
+    frames before the first full clip take the first decidable score and are flagged.
+    """
+    thr = _threshold_arg(threshold)
+    if server is not None:
+        local_only = [name for name, v in (("--checkpoint", checkpoint), ("--onnx", onnx), ("--engine", engine),
+                                           ("--scores-csv", scores_csv), ("--plot", plot), ("--annotate", annotate))
+                      if v is not None]
+        _server_bench(videos, server, streams, duration, thr, json_out, local_only)
+        return
+    if len(videos) != 1:
+        raise UserError(f"bench takes one video without --server ({len(videos)} given)")
+    from .bench import run_bench
+
+    with _progress() as prog:
+        summary = run_bench(videos[0], checkpoint=checkpoint, onnx=onnx, engine=engine, backend=backend, device=device,
+                            threads=threads, dtype=dtype, cuda_graph=cuda_graph, batch=batch, max_frames=max_frames, threshold=thr, min_frames=min_frames,
+                            merge_gap=merge_gap, warmup=warmup, json_out=json_out, scores_csv=scores_csv, plot=plot,
+                            annotate=annotate, allow_truncated=allow_truncated, progress=_bench_progress(prog),
+                            log=console.print)
+    print_bench_summary(summary)
+    for key, path in summary.get("outputs", {}).items():
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def validate(checkpoint: Path = typer.Option(..., help="Run folder from `train`: the PyTorch reference."),
+             onnx: Optional[Path] = typer.Option(None, "--onnx", help="Candidate ONNX (fp32, fp16 or Q/DQ int8; a --split NAME.onnx streams)."),
+             engine: Optional[Path] = typer.Option(None, "--engine", help="Candidate TensorRT engine plan."),
+             data: Path = typer.Option(..., help="Labelled dataset root (its test videos are used)."),
+             dataset: str = typer.Option("auto", help="auto|ped2|avenue|shanghaitech|frames"),
+             precision: Optional[str] = typer.Option(None, help="fp32|fp16|int8 (default: from the candidate's metadata/sidecar or graph); picks the gate limits."),
+             auc_tol: Optional[float] = typer.Option(None, help="Override the ΔAUC limit (default 0.005 fp32/fp16, 0.01 int8)."),
+             batch: int = typer.Option(16, help="Clips per inference call (both runners)."),
+             max_videos: Optional[int] = typer.Option(None, help="Use only the first N labelled test videos."),
+             device: str = typer.Option("cpu", help="cpu|cuda for both runners (engines always run on cuda)."),
+             threads: Optional[int] = typer.Option(None, help="CPU threads for torch / ONNX Runtime."),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+             markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the report as a Markdown table.")):
+    """Prove a deployed model matches PyTorch: ΔAUC, score correlation, output error, speed-up.
+
+    Exit 0 only when every gate holds (limits by precision: ΔAUC 0.005 fp32/fp16, 0.01 int8;
+    correlation >= 0.999 fp32, 0.99 fp16, 0.97 int8; frame-score p99 relative error 1e-3 fp32,
+    0.02 fp16, 0.25 int8); exit 1 when a gate fails, 2 on a usage error.
+    """
+    from .validate import run_validate
+
+    with _progress() as prog:
+        def factory(label, total):
+            task = prog.add_task(label, total=total, info="")
+            return lambda n: prog.advance(task, n)
+        report = run_validate(checkpoint, onnx=onnx, engine=engine, data=data, dataset=dataset, precision=precision,
+                              auc_tol=auc_tol, batch=batch, max_videos=max_videos, device=device, threads=threads,
+                              json_out=json_out, markdown_out=markdown, progress_factory=factory, log=console.print)
+    out.print(report["markdown"], markup=False, highlight=False, soft_wrap=True)
+    for p in (markdown, json_out):
+        if p is not None:
+            console.print(f"wrote {p}")
+    if not report["passed"]:
+        failed = ", ".join(f"{g['name']} {g['value']:.4g} (limit {g['comparison']} {g['limit']:g})"
+                           if g["value"] is not None else f"{g['name']} n/a" for g in report["gates"] if not g["passed"])
+        console.print(f"[red]validation FAILED:[/red] {failed}", highlight=False, soft_wrap=True)
+        sys.exit(1)     # not typer.Exit: cli.main runs the app with standalone_mode=False, which drops its code

@@ -1,0 +1,124 @@
+"""One place that turns "what the user gave" (checkpoint, ONNX file, engine plan) into a runner.
+
+Every job that runs a model (bench, validate, serving) calls ``make_runner`` so the same options
+mean the same thing everywhere, and optional backends are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def infer_backend(checkpoint=None, onnx=None, engine=None, backend: str | None = None) -> str:
+    """The backend the given files imply; a contradiction is a UserError."""
+    if onnx is not None and engine is not None:
+        raise UserError("give --onnx or --engine, not both")
+    implied = "onnxruntime" if onnx is not None else "tensorrt" if engine is not None else "torch"
+    if backend is not None:
+        backend = backend.strip().lower().replace("-", "").replace("_", "")
+        backend = {"ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}.get(backend, backend)
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+        if backend != implied:
+            need = {"onnxruntime": "--onnx FILE", "tensorrt": "--engine PLAN", "torch": "--checkpoint RUN without --onnx/--engine"}
+            raise UserError(f"backend '{backend}' needs {need[backend]}")
+    if implied == "torch" and checkpoint is None:
+        raise UserError("nothing to run: give --checkpoint RUN, --onnx FILE or --engine PLAN")
+    return implied
+
+
+def _check_device(device: str) -> str:
+    device = str(device).strip().lower()
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"unknown device '{device}' (use cpu or cuda)")
+    return device
+
+
+def make_runner(checkpoint=None, onnx=None, engine=None, backend: str | None = None, device: str = "cpu",
+                threads: int | None = None, dtype: str = "fp32", cuda_graph: bool = False):
+    """A Runner for the given model form.
+
+    - ``engine``: ``TensorRTRunner(plan, checkpoint, device)`` (tensorrt or tensorrt_rtx, GPU only);
+    - ``onnx``: ``OnnxRunner`` with providers by availability (CUDA first when device is cuda);
+      a ``--split`` pair runs as the streaming runner; ``checkpoint`` is checked against the
+      weights hash recorded at export;
+    - otherwise ``TorchRunner(checkpoint, device, dtype=, cuda_graph=)`` (fp16/bf16 and CUDA graphs
+      are CUDA-only; the torch runner refuses them on CPU in one line).
+    """
+    kind = infer_backend(checkpoint, onnx, engine, backend)
+    device = _check_device(device)
+    if kind == "tensorrt":
+        if device == "cpu":
+            device = "cuda"
+        try:
+            from .tensorrt_runner import TensorRTRunner
+        except ImportError as e:
+            raise UserError(f"the TensorRT runner is not available ({e}); "
+                            "pip install 'm2s2l-deploy[tensorrt]'") from None
+        return TensorRTRunner(Path(engine), checkpoint=checkpoint, device=device)
+    if kind == "onnxruntime":
+        try:
+            import onnxruntime as ort
+            from .onnx_runner import OnnxRunner
+        except ImportError:
+            raise UserError("onnxruntime is not installed (pip install 'm2s2l-deploy[onnx]')") from None
+        wanted = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError("device cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
+                                "(install onnxruntime-gpu instead of onnxruntime)")
+        return OnnxRunner(Path(onnx), checkpoint=checkpoint, providers=wanted, threads=threads)
+    from .torch_runner import TorchRunner
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("device cuda asked for, but PyTorch sees no CUDA GPU here")
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
+    return TorchRunner(checkpoint, device=device, dtype=dtype, cuda_graph=cuda_graph)
+
+
+def describe_machine(runner=None) -> dict:
+    """Where a measurement ran: CPU, cores, GPU if any, library versions, the runner's providers."""
+    import os
+    import platform
+
+    info = {"platform": platform.platform(), "machine": platform.machine(),
+            "cpu": _cpu_name() or platform.processor() or "unknown", "cpu_count": os.cpu_count(),
+            "python": platform.python_version()}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if runner is not None:
+        info["runner"] = getattr(runner, "name", type(runner).__name__)
+        if getattr(runner, "providers", None):
+            info["providers"] = list(runner.providers)
+        if getattr(runner, "device", None) is not None:
+            info["device"] = str(runner.device)
+    return info
+
+
+def _cpu_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,407 @@
+"""``validate``: a deployed form (ONNX, engine) against the PyTorch model on one labelled test set.
+
+Why several gates: on a saturated or easy test set ΔAUC stays near zero even for a model whose
+scores are visibly wrong, so the exit code also needs the agreement of the scores themselves
+(correlation) and of the raw outputs (error bound). Limits depend on the candidate's precision:
+
+| precision | max abs ΔAUC | min correlation | frame-score error, p99 relative |
+| --- | --- | --- | --- |
+| fp32 | 0.005 | 0.999 | 1e-3 |
+| fp16 | 0.005 | 0.99 | 0.02 |
+| int8 | 0.01 | 0.97 | 0.25 |
+
+- ΔAUC: the larger of |Δ| on micro AUC under the paper protocol (per-video min-max) and under the
+  causal protocol (scores as emitted); macro AUCs are reported, not gated.
+- correlation: the smaller of Pearson and Spearman (scipy) over every test frame's score.
+- relative error of an output value: |candidate − torch| / max(|torch|, RMS(torch)), the RMS taken
+  over that output on the whole test set: values smaller than the output's typical magnitude are
+  measured against that magnitude (frame scores cross zero, where |torch| alone explodes); the gate
+  reads its 99th percentile on ``frame_score`` (the decision); every output's max/mean absolute
+  and p99 relative error is reported (maps subsampled to at most 4096 values per clip).
+
+Both runners see the same prepared clips (one ``prepare_frames`` pass); each is timed alone
+(sequentially, same batch size) for the latency columns.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import metrics
+from .contract import prepare_frames, sliding_clips
+from .data import open_dataset
+from .errors import DataError, UserError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+GATE_LIMITS = {
+    "fp32": {"delta_auc": 0.005, "correlation": 0.999, "output_error": 1e-3},
+    "fp16": {"delta_auc": 0.005, "correlation": 0.99, "output_error": 0.02},
+    "int8": {"delta_auc": 0.01, "correlation": 0.97, "output_error": 0.25},
+}
+MAX_SAMPLES_PER_CLIP = 4096  # map outputs are subsampled (every s-th value) to at most this per clip
+GATED_OUTPUT = "frame_score"
+
+
+@dataclass
+class LabelledVideo:
+    name: str
+    prepared: np.ndarray        # (N, C, H, W) float32 under the reference's input contract
+    labels: np.ndarray          # (N,) 0/1
+
+
+@dataclass
+class RunRecord:
+    """What one runner produced on a test set: per-video frame scores, sampled outputs, timing."""
+
+    runner: str
+    frame_scores: dict[str, np.ndarray]            # causal scores, first T-1 frames filled
+    samples: dict[str, np.ndarray]                 # output name -> sampled values (clips, k)
+    infer_s: float
+    n_clips: int
+    call_ms: list[float] = field(default_factory=list)
+    data_key: tuple = ()
+
+    @property
+    def ms_per_clip(self) -> float:
+        return 1000.0 * self.infer_s / max(1, self.n_clips)
+
+
+def load_test_set(data, dataset: str, contract, max_videos: int | None = None,
+                  log: Callable[[str], None] = print) -> list[LabelledVideo]:
+    """Labelled test videos prepared once under ``contract`` (both runners then see the same input)."""
+    ds = open_dataset(data, dataset)
+    videos = [v for v in ds.test if v.labels is not None]
+    if not videos:
+        raise UserError(f"{data} ({ds.layout} layout) has no labelled test videos to validate on")
+    if max_videos is not None:
+        if max_videos < 1:
+            raise UserError(f"--max-videos must be >= 1, got {max_videos}")
+        videos = videos[:max_videos]
+    if ds.fps and contract.fps and abs(ds.fps - contract.fps) > 0.01:
+        log(f"warning: test footage is {ds.fps:g} fps but the model was trained at {contract.fps:g} fps")
+    out = []
+    for v in videos:
+        prepared = prepare_frames(v.load(), contract)
+        if len(prepared) < contract.clip_len:
+            raise DataError(f"test video {v.name} has {len(prepared)} frames, fewer than one clip of {contract.clip_len}")
+        out.append(LabelledVideo(v.name, prepared, np.asarray(v.labels)))
+    labels = np.concatenate([v.labels for v in out])
+    if labels.min() == labels.max():
+        raise UserError(f"the labelled test videos of {data} hold only {'anomalous' if labels.max() else 'normal'} "
+                        "frames: AUC needs both classes")
+    return out
+
+
+def _data_key(videos: list[LabelledVideo]) -> tuple:
+    return tuple((v.name, v.prepared.shape) for v in videos)
+
+
+def _sample(values: np.ndarray) -> np.ndarray:
+    flat = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
+    stride = max(1, math.ceil(flat.shape[1] / MAX_SAMPLES_PER_CLIP))
+    return flat[:, ::stride].copy()
+
+
+def record_run(runner, videos: list[LabelledVideo], batch: int = 16,
+               progress: Callable[[int], None] | None = None) -> RunRecord:
+    """Run ``runner`` over every clip of ``videos``; keep scores, sampled outputs and timing."""
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    T = runner.contract.clip_len
+    scores: dict[str, np.ndarray] = {}
+    samples: dict[str, list[np.ndarray]] = {}
+    infer_s, n_clips, call_ms = 0.0, 0, []
+    for v in videos:
+        if hasattr(runner, "reset_stream"):
+            runner.reset_stream()
+        index = sliding_clips(len(v.prepared), T)
+        per_video = []
+        for start in range(0, len(index), batch):
+            clips = v.prepared[index[start:start + batch]]
+            t0 = time.perf_counter()
+            out = runner.infer(clips)
+            dt = time.perf_counter() - t0
+            infer_s += dt
+            call_ms.append(1000.0 * dt)
+            n_clips += len(clips)
+            fs = np.asarray(out["frame_score"], dtype=np.float32).reshape(-1)
+            per_video.append(fs)
+            for name, value in out.items():
+                samples.setdefault(name, []).append(_sample(value))
+            if progress is not None:
+                progress(len(clips))
+        s = np.concatenate(per_video)
+        scores[v.name] = np.concatenate([np.repeat(s[:1], T - 1), s])
+    return RunRecord(runner=getattr(runner, "name", type(runner).__name__), frame_scores=scores,
+                     samples={k: np.concatenate(v) for k, v in samples.items()}, infer_s=infer_s,
+                     n_clips=n_clips, call_ms=call_ms, data_key=_data_key(videos))
+
+
+def error_stats(ref: np.ndarray, cand: np.ndarray) -> dict:
+    """max/mean absolute and p99 relative error of ``cand`` against ``ref`` (see module docstring)."""
+    r = np.asarray(ref, np.float64).reshape(-1)
+    c = np.asarray(cand, np.float64).reshape(-1)
+    if r.shape != c.shape:
+        raise DataError(f"output shapes differ: reference {r.shape}, candidate {c.shape}")
+    if not np.all(np.isfinite(c)):
+        return {"max_abs": math.inf, "mean_abs": math.inf, "p99_rel": math.inf, "finite": False}
+    err = np.abs(c - r)
+    rms = float(np.sqrt(np.mean(r * r))) if r.size else 0.0
+    denom = np.maximum(np.abs(r), max(rms, 1e-30))
+    rel = err / denom
+    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
+            "p99_rel": float(np.percentile(rel, 99)), "finite": True}
+
+
+def _aucs(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict:
+    """Both protocols' AUCs; None everywhere when a score is NaN/inf (the candidate then fails)."""
+    if not all(np.all(np.isfinite(s)) for s in scores.values()):
+        return dict.fromkeys(("auc_micro", "auc_macro", "auc_micro_causal", "auc_macro_causal"))
+    paper = metrics.frame_auc({v: metrics.minmax_per_video(s) for v, s in scores.items()}, labels)
+    causal = metrics.frame_auc(scores, labels)
+    return {"auc_micro": paper["auc_micro"], "auc_macro": paper["auc_macro"],
+            "auc_micro_causal": causal["auc_micro"], "auc_macro_causal": causal["auc_macro"]}
+
+
+def _correlations(a: np.ndarray, b: np.ndarray) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
+    if not np.all(np.isfinite(b)) or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {"pearson": None, "spearman": None}
+    return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
+
+
+def _gate(name: str, value, limit: float, higher_is_better: bool, what: str) -> dict:
+    ok = value is not None and math.isfinite(value) and (value >= limit if higher_is_better else value <= limit)
+    return {"name": name, "what": what, "value": value, "limit": limit,
+            "comparison": ">=" if higher_is_better else "<=", "passed": bool(ok)}
+
+
+def compare(reference: RunRecord, candidate: RunRecord, videos: list[LabelledVideo], precision: str,
+            auc_tol: float | None = None) -> dict:
+    """The validation report (no I/O): AUCs, errors, correlations, latency, gates."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    if reference.data_key != candidate.data_key or reference.data_key != _data_key(videos):
+        raise ValueError("reference and candidate were run on different test sets")
+    labels = {v.name: v.labels for v in videos}
+    auc_ref, auc_cand = _aucs(reference.frame_scores, labels), _aucs(candidate.frame_scores, labels)
+    delta = {k: (None if auc_ref[k] is None or auc_cand[k] is None else auc_cand[k] - auc_ref[k]) for k in auc_ref}
+    names = [v.name for v in videos]
+    s_ref = np.concatenate([reference.frame_scores[n] for n in names])
+    s_cand = np.concatenate([candidate.frame_scores[n] for n in names])
+    corr = _correlations(s_ref, s_cand)
+    errors = {k: error_stats(reference.samples[k], candidate.samples[k])
+              for k in reference.samples if k in candidate.samples}
+    if GATED_OUTPUT not in errors:
+        raise UserError(f"the candidate does not return '{GATED_OUTPUT}'")
+
+    limits = dict(GATE_LIMITS[precision])
+    if auc_tol is not None:
+        if not (auc_tol >= 0 and math.isfinite(auc_tol)):
+            raise UserError(f"--auc-tol must be a non-negative number, got {auc_tol}")
+        limits["delta_auc"] = float(auc_tol)
+    gated = [delta[k] for k in ("auc_micro", "auc_micro_causal")]
+    d_auc = None if None in gated else max(abs(d) for d in gated)
+    c_min = None if corr["pearson"] is None else min(corr["pearson"], corr["spearman"])
+    gates = [
+        _gate("delta_auc", d_auc, limits["delta_auc"], False, "largest abs ΔAUC (micro, paper and causal protocols)"),
+        _gate("correlation", c_min, limits["correlation"], True, "min(Pearson, Spearman) of frame scores"),
+        _gate("output_error", errors[GATED_OUTPUT]["p99_rel"], limits["output_error"], False,
+              f"{GATED_OUTPUT} error, 99th-percentile relative"),
+    ]
+    ref_ms, cand_ms = reference.ms_per_clip, candidate.ms_per_clip
+    return {
+        "passed": all(g["passed"] for g in gates),
+        "failed_gates": [g["name"] for g in gates if not g["passed"]],
+        "precision": precision,
+        "reference": {"runner": reference.runner, **auc_ref, "ms_per_clip": round(ref_ms, 3),
+                      "ms_per_call_p50": round(float(np.median(reference.call_ms)), 3) if reference.call_ms else None},
+        "candidate": {"runner": candidate.runner, **auc_cand, "ms_per_clip": round(cand_ms, 3),
+                      "ms_per_call_p50": round(float(np.median(candidate.call_ms)), 3) if candidate.call_ms else None},
+        "delta_auc": delta,
+        "correlation": corr,
+        "output_error": errors,
+        "speedup": round(ref_ms / cand_ms, 3) if cand_ms > 0 else None,
+        "gates": gates,
+        "n_videos": len(videos),
+        "n_frames": int(sum(len(v.labels) for v in videos)),
+        "n_clips": candidate.n_clips,
+        "definitions": {
+            "relative_error": "|cand - ref| / max(|ref|, RMS of ref over the test set)",
+            "maps": f"subsampled to at most {MAX_SAMPLES_PER_CLIP} values per clip",
+            "latency": "ms per clip = time inside runner.infer / clips; runners timed one after the other",
+            "first_frames": "the first T-1 frames of each video take the first decidable score",
+        },
+    }
+
+
+# -- precision -----------------------------------------------------------------------------------
+def detect_precision(runner, onnx_path=None) -> tuple[str | None, str]:
+    """The candidate's precision and where it was read: runner attribute, ONNX metadata, engine
+    sidecar, or the ONNX graph itself (Q/DQ nodes -> int8, float16 tensors -> fp16, else fp32)."""
+    value = getattr(runner, "precision", None)
+    if value:
+        return str(value).lower(), "runner"
+    meta = getattr(runner, "metadata", None) or {}
+    if meta.get("precision"):
+        return meta["precision"].lower(), "ONNX metadata"
+    sidecar = getattr(runner, "sidecar", None)
+    if isinstance(sidecar, dict) and sidecar.get("precision"):
+        return str(sidecar["precision"]).lower(), "engine sidecar"
+    files = getattr(runner, "files", None) or ({"whole": Path(onnx_path)} if onnx_path else {})
+    if files:
+        import onnx
+        found = "fp32"
+        for path in files.values():
+            model = onnx.load(str(path), load_external_data=False)
+            ops = {n.op_type for n in model.graph.node}
+            if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}:
+                return "int8", "ONNX graph (Q/DQ nodes)"
+            fp16 = onnx.TensorProto.FLOAT16
+            if any(t.data_type == fp16 for t in model.graph.initializer) or any(
+                    n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute)
+                    for n in model.graph.node):
+                found = "fp16"
+        return found, "ONNX graph (" + ("float16 tensors" if found == "fp16" else "no reduced-precision tensors") + ")"
+    return None, "unknown"
+
+
+# -- report --------------------------------------------------------------------------------------
+def _f(x, digits=4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf"
+    return f"{x:.{digits}f}"
+
+
+def _e(x) -> str:
+    if x is None:
+        return "n/a"
+    return "inf" if not math.isfinite(x) else f"{x:.2e}"
+
+
+def markdown_report(report: dict) -> str:
+    """One table a user can paste into an issue, then the gates and the per-output errors."""
+    ref, cand = report["reference"], report["candidate"]
+    verdict = "PASS" if report["passed"] else "FAIL (" + ", ".join(report["failed_gates"]) + ")"
+    m = report.get("machine", {})
+    lines = [f"### validate: `{cand['runner']}` ({report['precision']}) vs PyTorch `{ref['runner']}`: {verdict}", ""]
+    ds = report.get("dataset", {})
+    if ds:
+        lines.append(f"Data: `{ds.get('root')}` ({ds.get('layout')} layout), {report['n_videos']} labelled videos, "
+                     f"{report['n_frames']} frames, batch {report.get('batch', '?')}.")
+    if m:
+        lines.append(f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores"
+                     + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
+                     + f"; torch {m.get('torch', '?')}, onnxruntime {m.get('onnxruntime', '?')}.")
+    lines += ["", "| | PyTorch | candidate | difference |", "| --- | --- | --- | --- |"]
+    for key, label in (("auc_micro", "frame AUC micro (paper protocol)"), ("auc_macro", "frame AUC macro (paper protocol)"),
+                       ("auc_micro_causal", "frame AUC micro (causal protocol)"),
+                       ("auc_macro_causal", "frame AUC macro (causal protocol)")):
+        d = report["delta_auc"][key]
+        lines.append(f"| {label} | {_f(ref[key])} | {_f(cand[key])} | {'n/a' if d is None else f'{d:+.4f}'} |")
+    sp = report.get("speedup")
+    lines.append(f"| ms per clip | {_f(ref['ms_per_clip'], 2)} | {_f(cand['ms_per_clip'], 2)} | "
+                 f"{'n/a' if sp is None else f'{sp:.2f}x speed-up'} |")
+    lines += ["", "| gate | value | limit | result |", "| --- | --- | --- | --- |"]
+    for g in report["gates"]:
+        v = g["value"]
+        shown = _e(v) if g["name"] == "output_error" else _f(v, 6 if g["name"] == "correlation" else 4)
+        lines.append(f"| {g['what']} | {shown} | {g['comparison']} {g['limit']:g} | {'pass' if g['passed'] else '**FAIL**'} |")
+    c = report["correlation"]
+    lines += ["", f"Pearson {_f(c['pearson'], 6)}, Spearman {_f(c['spearman'], 6)}.", "",
+              "| output | max abs error | mean abs error | p99 relative error |", "| --- | --- | --- | --- |"]
+    for name, e in report["output_error"].items():
+        lines.append(f"| `{name}` | {_e(e['max_abs'])} | {_e(e['mean_abs'])} | {_e(e['p99_rel'])} |")
+    lines += ["", f"Relative error: {report['definitions']['relative_error']}; "
+              f"{report['definitions']['latency']}.", ""]
+    return "\n".join(lines)
+
+
+def run_validate(checkpoint, *, onnx=None, engine=None, data, dataset: str = "auto", precision: str | None = None,
+                 auc_tol: float | None = None, batch: int = 16, max_videos: int | None = None, device: str = "cpu",
+                 threads: int | None = None, json_out=None, markdown_out=None, reference: RunRecord | None = None,
+                 test_set: list[LabelledVideo] | None = None, candidate_runner=None,
+                 progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Validate ``onnx`` or ``engine`` against the PyTorch ``checkpoint`` on the labelled test set ``data``.
+
+    Returns the report (``report["passed"]`` is the verdict); writes JSON / Markdown when asked,
+    also when a gate fails. ``reference`` / ``test_set`` / ``candidate_runner`` let a caller reuse
+    work across several candidates (tests, demo).
+    """
+    from .bench import check_output_path
+    from .model.checkpoint import atomic_write_bytes, atomic_write_json
+    from .runners.factory import describe_machine, make_runner
+
+    if checkpoint is None:
+        raise UserError("validate needs --checkpoint RUN (the PyTorch reference)")
+    if candidate_runner is None and onnx is None and engine is None:
+        raise UserError("validate needs a candidate: --onnx FILE or --engine PLAN")
+    json_out = check_output_path(json_out, "JSON output", (".json",))
+    markdown_out = check_output_path(markdown_out, "Markdown output", (".md",))
+    if auc_tol is not None and not (math.isfinite(auc_tol) and auc_tol >= 0):
+        raise UserError(f"--auc-tol must be a non-negative number, got {auc_tol}")
+    if precision is not None:
+        precision = precision.strip().lower()
+        if precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+
+    ref_runner = make_runner(checkpoint=checkpoint, device=device, threads=threads) if reference is None else None
+    cand = candidate_runner or make_runner(checkpoint=checkpoint, onnx=onnx, engine=engine, device=device,
+                                           threads=threads)
+    contract = (ref_runner or cand).contract
+    if ref_runner is not None and cand.contract != ref_runner.contract:
+        raise UserError(f"the candidate's input contract {cand.contract.to_dict()} differs from the checkpoint's "
+                        f"{ref_runner.contract.to_dict()}: it was built for another model")
+    if precision is None:
+        precision, precision_source = detect_precision(cand, onnx)
+        if precision is None:
+            raise UserError("cannot tell the candidate's precision: pass --precision fp32|fp16|int8")
+        if precision not in PRECISIONS:
+            raise UserError(f"the candidate says its precision is '{precision}'; pass --precision fp32|fp16|int8")
+    else:
+        precision_source = "--precision"
+    videos = test_set if test_set is not None else load_test_set(data, dataset, contract, max_videos, log=log)
+    n_clips = sum(len(v.prepared) - contract.clip_len + 1 for v in videos)
+
+    def prog(label):
+        return progress_factory(label, n_clips) if progress_factory else None
+    if reference is None:
+        log(f"reference: {ref_runner.name} on {len(videos)} videos ({n_clips} clips)")
+        reference = record_run(ref_runner, videos, batch, prog("PyTorch"))
+    log(f"candidate: {cand.name} ({precision}, from {precision_source})")
+    candidate = record_run(cand, videos, batch, prog(cand.name))
+    report = compare(reference, candidate, videos, precision, auc_tol)
+    report["precision_source"] = precision_source
+    report["batch"] = batch
+    report["checkpoint"] = str(checkpoint)
+    report["candidate"]["file"] = str(onnx or engine or getattr(cand, "name", ""))
+    if data is not None:
+        from .data import detect_layout
+        layout = detect_layout(data) if dataset == "auto" else dataset
+        report["dataset"] = {"root": str(Path(data).resolve()), "layout": layout}
+    report["machine"] = describe_machine(cand)
+    markdown = markdown_report(report)
+    written = []
+    try:
+        if markdown_out is not None:
+            atomic_write_bytes(markdown_out, lambda tmp: Path(tmp).write_text(markdown))
+            written.append(markdown_out)
+        if json_out is not None:
+            atomic_write_json(json_out, report)
+            written.append(json_out)
+    except OSError as e:
+        for p in written:
+            Path(p).unlink(missing_ok=True)
+        raise UserError(f"cannot write the validation report: {e.strerror or e}") from None
+    report["markdown"] = markdown
+    return report

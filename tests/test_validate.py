@@ -1,0 +1,236 @@
+"""validate (issue #5): fp32 and Q/DQ INT8 ONNX pass; a weight perturbation that leaves the AUC in
+place fails on correlation / output error; gate arithmetic; bad input.
+
+The test set is three labelled videos (64 frames each) of the seed-1 scene; AUCs are checked
+against scikit-learn on the same scores, errors against NumPy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import numpy_helper  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
+from m2s2l_deploy.runners.factory import make_runner  # noqa: E402
+from m2s2l_deploy.validate import (GATE_LIMITS, RunRecord, compare, detect_precision, error_stats,  # noqa: E402
+                                   load_test_set, record_run, run_validate)
+from cli_helpers import assert_user_error, run_cli  # noqa: E402
+
+VIDEOS, FRAMES = ("03", "04", "05"), 64
+QUIET = dict(log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def subset(scene_test, tmp_path_factory) -> Path:
+    """Three labelled test videos cut to 64 frames (frames linked, labels sliced), same scene.json."""
+    root = tmp_path_factory.mktemp("validate-data") / "subset"
+    for v in VIDEOS:
+        d = root / "testing" / "frames" / v
+        d.mkdir(parents=True)
+        for f in sorted((scene_test / "testing" / "frames" / v).iterdir())[:FRAMES]:
+            (d / f.name).symlink_to(f.resolve())
+        (root / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
+        labels = np.load(scene_test / "testing" / "test_frame_mask" / f"{v}.npy")[:FRAMES]
+        np.save(root / "testing" / "test_frame_mask" / f"{v}.npy", labels)
+    shutil.copy(scene_test / "scene.json", root / "scene.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(trained_run, tmp_path_factory) -> Path:
+    return export_onnx(trained_run, tmp_path_factory.mktemp("validate-onnx") / "tiny-loop.onnx", scan="loop").paths[0]
+
+
+@pytest.fixture(scope="module")
+def test_set(trained_run, subset):
+    return load_test_set(subset, "auto", make_runner(checkpoint=trained_run).contract, **QUIET)
+
+
+@pytest.fixture(scope="module")
+def reference(trained_run, test_set) -> RunRecord:
+    return record_run(make_runner(checkpoint=trained_run, threads=1), test_set, batch=16)
+
+
+def candidate_report(path, trained_run, test_set, reference, precision=None):
+    return run_validate(trained_run, onnx=path, data=None, precision=precision, threads=1, reference=reference,
+                        test_set=test_set, **QUIET)
+
+
+# -- passing candidates ---------------------------------------------------------------------------
+def test_fp32_onnx_passes(trained_run, fp32_onnx, subset, test_set, reference, tmp_path):
+    proc = run_cli("validate", "--checkpoint", trained_run, "--onnx", fp32_onnx, "--data", subset, "--threads", "1",
+                   "--json", tmp_path / "v.json", "--markdown", tmp_path / "v.md")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = json.loads((tmp_path / "v.json").read_text())
+    assert rep["passed"] and rep["precision"] == "fp32" and rep["n_frames"] == len(VIDEOS) * FRAMES
+    # the reference AUC is scikit-learn's on the PyTorch scores (recomputed here, in another process)
+    y = np.concatenate([v.labels for v in test_set])
+    s = np.concatenate([reference.frame_scores[v.name] for v in test_set])
+    assert rep["reference"]["auc_micro_causal"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert abs(rep["candidate"]["auc_micro_causal"] - roc_auc_score(y, s)) <= GATE_LIMITS["fp32"]["delta_auc"]
+    md = (tmp_path / "v.md").read_text()
+    assert "PASS" in md and "speed-up" in md and "| gate |" in md
+
+
+def test_int8_qdq_onnx_passes(trained_run, fp32_onnx, scene_train, test_set, reference, tmp_path):
+    """Q/DQ INT8 from the engine builder's quantizer (onnxruntime.quantization QDQ, per-channel, no bias
+    quantization; scans, frame embedding and reconstruction heads stay fp32), calibrated on clips of
+    the training videos, passes the int8 gates."""
+    from m2s2l_deploy.engine.calibration import calibration_set
+    from m2s2l_deploy.engine.precision import to_int8
+
+    contract = make_runner(checkpoint=trained_run).contract
+    clips, _ = calibration_set(contract, scene_train, n_clips=48, cache_dir=tmp_path / "calib")
+    model, _ = to_int8(onnx.load(str(fp32_onnx)), clips, "minmax")
+    out = tmp_path / "tiny-int8.onnx"
+    onnx.save(model, str(out))
+    quantized = onnx.load(str(out))
+    assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node) > 10
+    assert {p.key for p in quantized.metadata_props} >= {"contract", "checkpoint_sha256"}
+    runner = make_runner(onnx=out, checkpoint=trained_run, threads=1)
+    assert detect_precision(runner)[0] == "int8"
+    rep = candidate_report(out, trained_run, test_set, reference)
+    assert rep["precision"] == "int8" and rep["passed"], rep["gates"]
+    assert rep["output_error"]["frame_score"]["max_abs"] > 1e-3     # really quantized, not fp32 in disguise
+
+
+# -- a perturbation ΔAUC misses -------------------------------------------------------------------
+def perturb(model: "onnx.ModelProto", name: str, scale: float) -> "onnx.ModelProto":
+    """Copy with Gaussian noise of ``scale`` x RMS added to initializer ``name`` (seeded by the name)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    init = next(i for i in m.graph.initializer if i.name == name)
+    w = numpy_helper.to_array(init)
+    noise = np.random.default_rng(zlib.crc32(name.encode())).standard_normal(w.shape)
+    init.CopyFrom(numpy_helper.from_array((w + scale * np.sqrt(np.mean(w * w)) * noise).astype(w.dtype), name))
+    return m
+
+
+def weights_in_graph_order(model: "onnx.ModelProto", n: int) -> list[str]:
+    """Float weights (>= 64 values) by their first use: the input side first, where errors spread most."""
+    inits = {i.name: i for i in model.graph.initializer
+             if i.data_type == onnx.TensorProto.FLOAT and int(np.prod(i.dims)) >= 64}
+    order = []
+    for node in model.graph.node:
+        for x in node.input:
+            if x in inits and x not in order:
+                order.append(x)
+    return order[:n]
+
+
+def test_gates_catch_a_perturbation_that_auc_misses(trained_run, fp32_onnx, subset, test_set, reference, tmp_path):
+    """Search (deterministic: weights in graph order, noise scales growing) for a perturbation whose
+    ΔAUC stays inside the fp32 limit but that breaks the correlation gate (preferred) or the output
+    error gate; then the CLI must exit non-zero on it although its ΔAUC gate alone passes."""
+    base = onnx.load(str(fp32_onnx))
+    tol = GATE_LIMITS["fp32"]["delta_auc"]
+    found, tried = None, []
+    for name in weights_in_graph_order(base, 2):
+        for scale in (0.01, 0.03, 0.1, 0.3):
+            path = tmp_path / f"perturbed-{len(tried)}.onnx"
+            onnx.save(perturb(base, name, scale), str(path))
+            rep = candidate_report(path, trained_run, test_set, reference, precision="fp32")
+            gates = {g["name"]: g for g in rep["gates"]}
+            tried.append((name, scale, {k: round(g["value"], 6) for k, g in gates.items()}))
+            if not gates["delta_auc"]["passed"]:
+                break                                   # larger noise moves the AUC as well
+            if not gates["correlation"]["passed"]:
+                found = (path, rep)
+                break
+            if not gates["output_error"]["passed"] and found is None:
+                found = (path, rep)                     # keep looking for a correlation failure
+        if found is not None:
+            break
+    assert found is not None, f"no perturbation with ΔAUC inside {tol} broke a gate: {tried}"
+    path, rep = found
+    proc = run_cli("validate", "--checkpoint", trained_run, "--onnx", path, "--data", subset, "--threads", "1",
+                   "--json", tmp_path / "bad.json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "validation FAILED" in proc.stderr
+    cli = json.loads((tmp_path / "bad.json").read_text())
+    gates = {g["name"]: g for g in cli["gates"]}
+    assert gates["delta_auc"]["passed"], tried          # ΔAUC alone would ship this model ...
+    assert not cli["passed"] and cli["failed_gates"] == rep["failed_gates"], tried   # ... the other gates do not
+
+
+# -- gate arithmetic without a model --------------------------------------------------------------
+def fake_record(scores: dict, runner="x", ms=10.0) -> RunRecord:
+    fs = np.concatenate(list(scores.values()))
+    return RunRecord(runner=runner, frame_scores=scores, samples={"frame_score": fs[:, None]}, infer_s=ms / 1000 * fs.size,
+                     n_clips=fs.size, call_ms=[ms], data_key=tuple((k, (len(v), 1, 4, 4)) for k, v in scores.items()))
+
+
+def fake_videos(labels: dict):
+    from m2s2l_deploy.validate import LabelledVideo
+    return [LabelledVideo(k, np.zeros((len(v), 1, 4, 4), np.float32), v) for k, v in labels.items()]
+
+
+def test_gate_limits_follow_precision():
+    rng = np.random.default_rng(0)
+    labels = {"a": (np.arange(200) % 7 == 0).astype(np.uint8), "b": (np.arange(150) % 5 == 0).astype(np.uint8)}
+    ref = {k: rng.normal(size=len(v)) + 4 * v for k, v in labels.items()}
+    noisy = {k: s + 0.15 * rng.normal(size=len(s)) for k, s in ref.items()}
+    videos = fake_videos(labels)
+    r_ref, r_noisy = fake_record(ref, "torch", 10.0), fake_record(noisy, "cand", 4.0)
+    same = compare(r_ref, fake_record(ref, "cand", 5.0), videos, "fp32")
+    assert same["passed"] and same["speedup"] == pytest.approx(2.0)
+    fp32, int8 = compare(r_ref, r_noisy, videos, "fp32"), compare(r_ref, r_noisy, videos, "int8")
+    assert not fp32["passed"] and "correlation" in fp32["failed_gates"]
+    s_ref, s_noisy = np.concatenate(list(ref.values())), np.concatenate(list(noisy.values()))
+    assert fp32["correlation"]["pearson"] == pytest.approx(np.corrcoef(s_ref, s_noisy)[0, 1], abs=1e-9)
+    assert int8["gates"][1]["passed"] == (min(int8["correlation"].values()) >= 0.97)
+    assert compare(r_ref, r_noisy, videos, "fp32", auc_tol=1.0)["gates"][0]["passed"]
+    nan = {k: np.where(np.arange(len(s)) == 3, np.nan, s) for k, s in ref.items()}
+    assert not compare(r_ref, fake_record(nan), videos, "fp16")["passed"]
+
+
+def test_error_stats_definition():
+    ref = np.array([0.0, 1.0, -2.0, 10.0])
+    cand = ref + np.array([0.1, 0.0, 0.2, -1.0])
+    rms = np.sqrt(np.mean(ref ** 2))
+    rel = np.abs(cand - ref) / np.maximum(np.abs(ref), rms)
+    got = error_stats(ref, cand)
+    assert got["max_abs"] == pytest.approx(1.0) and got["mean_abs"] == pytest.approx(0.325)
+    assert got["p99_rel"] == pytest.approx(np.percentile(rel, 99))
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def test_validate_rejects_onnx_of_another_model(trained_run, test_set, tmp_path):
+    import torch
+
+    from m2s2l_deploy.contract import InputContract
+    from m2s2l_deploy.errors import UserError
+    from m2s2l_deploy.model import M2S2L, preset_config
+    from m2s2l_deploy.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(2)
+    cfg = preset_config("tiny")
+    other = save_checkpoint(tmp_path / "other", M2S2L(cfg).eval(), InputContract(cfg.height, cfg.width, cfg.in_channels), {})
+    path = export_onnx(other, tmp_path / "other.onnx", scan="loop").paths[0]
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="another checkpoint"):
+        run_validate(trained_run, onnx=path, data=None, test_set=test_set, json_out=out / "r.json",
+                     markdown_out=out / "r.md", **QUIET)
+    assert not out.exists()
+
+
+def test_validate_usage_errors(trained_run, fp32_onnx, subset, test_set, tmp_path):
+    from m2s2l_deploy.errors import UserError
+
+    assert_user_error(run_cli("validate", "--checkpoint", trained_run, "--data", subset), "--onnx")
+    with pytest.raises(UserError, match="--precision"):
+        run_validate(trained_run, onnx=fp32_onnx, data=subset, precision="fp8", **QUIET)
+    with pytest.raises(UserError, match=".md"):
+        run_validate(trained_run, onnx=fp32_onnx, data=subset, markdown_out=tmp_path / "r.txt", **QUIET)
+    with pytest.raises(UserError, match="auc-tol"):
+        run_validate(trained_run, onnx=fp32_onnx, data=subset, auc_tol=-1.0, **QUIET)
