@@ -327,15 +327,16 @@ def _demo_deploy(run: Path, train_set: Path, test_set: Path, workdir: Path, test
         reports[name] = run_validate(run, onnx=path, data=test_set, dataset="frames", reference=ref, test_set=videos,
                                      markdown_out=workdir / f"validate-{name}.md", log=lambda *_: None)
     t = Table(title="validate vs PyTorch (CPU, loop scan, micro AUC paper protocol)")
-    for col in ("form", "AUC", "ΔAUC", "corr", "p99 err", "ms/clip", "speed-up", "gates"):
+    for col in ("form", "AUC", "ΔAUC", "corr", "p99 err", "ms/clip (×)", "gate"):
         t.add_column(col, no_wrap=True)
     r0 = reports["fp32"]["reference"]
-    t.add_row("PyTorch fp32", _fmt(r0["auc_micro"]), "ref", "", "", f"{r0['ms_per_clip']:.1f}", "", "")
+    t.add_row("torch fp32", _fmt(r0["auc_micro"]), "ref", "", "", f"{r0['ms_per_clip']:.1f}", "")
     for name, r in reports.items():
         t.add_row(f"ORT {name}", _fmt(r["candidate"]["auc_micro"]), f"{r['delta_auc']['auc_micro']:+.4f}",
                   _fmt(min(r["correlation"]["pearson"], r["correlation"]["spearman"])),
-                  f"{r['output_error']['frame_score']['p99_rel']:.2g}", f"{r['candidate']['ms_per_clip']:.1f}",
-                  f"{r['speedup']:.2f}x", "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]")
+                  f"{r['output_error']['frame_score']['p99_rel']:.2g}",
+                  f"{r['candidate']['ms_per_clip']:.1f} ({r['speedup']:.2f}x)",
+                  "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]")
     out.print(t)
     result = {"onnx": str(fp32), "int8_onnx": str(int8),
               "validate": {k: {kk: r[kk] for kk in ("passed", "precision", "reference", "candidate", "delta_auc",
