@@ -13,70 +13,26 @@ It prints a table and, with --write, replaces the section "ONNX export (CPU)" of
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from m2s2l_deploy.contract import InputContract, sliding_clips
-from m2s2l_deploy.model import M2S2L, preset_config
-from m2s2l_deploy.model.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from m2s2l_deploy.contract import sliding_clips
+from m2s2l_deploy.model.checkpoint import load_checkpoint
 from m2s2l_deploy.onnx_export import export_onnx
 from m2s2l_deploy.runners import OnnxRunner, TorchRunner
 from m2s2l_deploy.runners.onnx_runner import extensions_available
 
+from _common import checkpoint_for, machine, timed_rounds, write_section
+
 SECTION = "## ONNX export (CPU)"
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = ""
-    try:
-        kb = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} logical cores{mem}; load average {load:.1f} at start; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {ort.__version__}")
 
-
-def timed_rounds(fns: dict, warmup: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds.
-
-    On a shared machine the load drifts; calling every engine once per round (after ``warmup``
-    untimed calls each) exposes all of them to the same drift, and the median drops outliers.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
-def checkpoint_for(preset: str, root: Path, given: str | None) -> Path:
-    if given and preset == "tiny":
-        return Path(given)
-    torch.manual_seed(0)
-    cfg = preset_config(preset)
-    contract = InputContract(cfg.height, cfg.width, cfg.in_channels, clip_len=cfg.clip_len)
-    return save_checkpoint(root / preset, M2S2L(cfg).eval(), contract, {})
 
 
 class Bench:
@@ -210,14 +166,6 @@ head (temporal Mamba over every token at two granularities, both decoders at ful
 score) stays per step, so the gain is bounded by (5*encoder + head) / (encoder + head)."""
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads (same for both)")
@@ -233,7 +181,7 @@ def main(argv=None):
     if a.forms[0] != "loop":
         a.forms = ["loop"] + [f for f in a.forms if f != "loop"]
     torch.set_num_threads(a.threads)
-    desc = machine()
+    desc = machine("torch", "onnxruntime")
     print(desc, flush=True)
     bench = Bench(a)
     t0 = time.perf_counter()
@@ -254,7 +202,7 @@ def main(argv=None):
         body = (f"Measured by `python {' '.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}` "
                 f"on {time.strftime('%Y-%m-%d')}.\n\nMachine: {desc}\n\n{settings}\n\n{tab}\n\n"
                 f"Goals of issue #3:\n\n{goals(bench.rows)}\n\n{WHY}\n")
-        write_section(a.write, body)
+        write_section(a.write, SECTION, f"{SECTION}\n\n{body.strip()}")
         print(f"wrote {a.write}")
 
 

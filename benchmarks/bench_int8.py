@@ -17,9 +17,6 @@ that Markdown file, or appends it at the end when absent.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -30,59 +27,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from m2s2l_deploy.contract import InputContract
 from m2s2l_deploy.engine.calibration import calibration_set
 from m2s2l_deploy.engine.precision import to_fp16, to_int8
-from m2s2l_deploy.model import M2S2L, preset_config
-from m2s2l_deploy.model.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from m2s2l_deploy.model.checkpoint import atomic_write_bytes, load_checkpoint
 from m2s2l_deploy.onnx_export import export_onnx
 from m2s2l_deploy.runners import OnnxRunner, TorchRunner
 
+from _common import checkpoint_for, machine, timed_rounds, write_section
+
 SECTION = "## INT8 Q/DQ in ONNX Runtime (CPU)"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} logical cores; load average {load:.1f} at start; Python "
-            f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {ort.__version__}")
-
-
-def timed_rounds(fns: dict, warmup: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, interleaved round by round (same drift for all).
-
-    The order within a round is shuffled (seeded): measured here, whichever runtime ran right
-    after PyTorch in a fixed order paid for it (up to 25% on tiny), which a fixed order turns
-    into a bias.
-    """
-    import random
-
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    order, rng = list(fns), random.Random(0)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for k in order:
-            fn = fns[k]
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
-def checkpoint_for(preset: str, root: Path, given: str | None) -> Path:
-    if given and preset == "tiny":
-        return Path(given)
-    torch.manual_seed(0)
-    cfg = preset_config(preset)
-    return save_checkpoint(root / preset, M2S2L(cfg).eval(),
-                           InputContract(cfg.height, cfg.width, cfg.in_channels, clip_len=cfg.clip_len), {})
 
 
 def fp16_ops_in_ort(path: Path) -> tuple[int, int]:
@@ -161,7 +114,7 @@ def run_preset(preset: str, args, tmp: Path, calib_root: Path) -> list[dict]:
         x = rng.uniform(-1, 1, (batch, cfg.clip_len, cfg.in_channels, cfg.height, cfg.width)).astype(np.float32)
         fns = {"pytorch fp32": lambda: torch_runner.infer(x)}
         fns.update({name: (lambda r=r: r.infer(x)) for name, r in runners.items()})
-        t = timed_rounds(fns, warm, rounds)
+        t = timed_rounds(fns, warm, rounds, shuffle=True)
         share = quantizable_share(fp32, x, args.threads, 2 if preset == "tiny" else 1)
         for name, sec in t.items():
             row = dict(preset=preset, batch=batch, runtime=name, s=sec, clips_s=batch / sec, warmup=warm, iters=rounds,
@@ -222,14 +175,6 @@ def section(rows: list[dict], args, header: str) -> str:
         "so the whole-model gain is bounded by the share of time in Conv/MatMul.", ""])
 
 
-def write_section(path: Path, text: str) -> None:
-    doc = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(text, doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text
-    atomic_write_bytes(path, lambda p: Path(p).write_text(doc))
-    print(f"wrote section '{SECTION}' of {path}")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--presets", nargs="+", default=["tiny", "paper"])
@@ -243,7 +188,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from m2s2l_deploy.data.synth import generate_scene
 
-    header = machine()
+    header = machine("torch", "onnxruntime")
     print(header)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_int8_") as tmp:
@@ -255,7 +200,7 @@ def main(argv=None) -> int:
     print(table(rows))
     print(goals(rows))
     if args.write:
-        write_section(args.write, section(rows, args, header))
+        write_section(args.write, SECTION, section(rows, args, header))
     return 0
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,20 +31,10 @@ from m2s2l_deploy.serving.repository import package_repository
 from m2s2l_deploy.serving.server import PyTritonServer, TritonServerProcess, served_model
 from m2s2l_deploy.serving.stats import batching_summary, delta
 
+from _common import machine, write_section
+
 SECTION = "## Serving on Triton Inference Server (CPU)"
 VTEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "vtest.avi"
-
-
-def machine() -> str:
-    import onnxruntime as ort
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0]
-    return (f"{cpu}, {os.cpu_count()} logical cores; load average {load:.1f} at start; Python "
-            f"{platform.python_version()}, onnxruntime {ort.__version__}")
 
 
 def random_onnx(root: Path) -> Path:
@@ -117,12 +105,12 @@ def main() -> None:
     if args.from_json:
         result = json.loads(args.from_json.read_text())
         if args.write:
-            write_section(args.write, markdown(result, argparse.Namespace(**result["args"]), Path(result["video"]),
+            write_section(args.write, SECTION, markdown(result, argparse.Namespace(**result["args"]), Path(result["video"]),
                                                result.get("date")))
         return
 
     t_start = time.perf_counter()
-    info = machine()
+    info = machine("onnxruntime")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = Path(tmp)
         video = args.video
@@ -174,7 +162,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     if args.write:
-        write_section(args.write, markdown(result, args, video, result["date"]))
+        write_section(args.write, SECTION, markdown(result, args, video, result["date"]))
 
 
 def markdown(result: dict, args, video: Path, date: str | None = None) -> str:
@@ -227,20 +215,7 @@ def reading(result: dict) -> str:
         "server is for — GPUs, several of them, several machines — cannot be measured on this machine.")
 
 
-def write_section(path: Path, text: str) -> None:
-    """Append the section, or replace it (up to the next '## ' heading) when a previous run wrote it."""
-    old = path.read_text() if path.exists() else ""
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        new = head + text + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(new)
-    os.replace(tmp, path)
-    print(f"wrote section to {path}", file=sys.stderr)
+
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -34,7 +33,8 @@ import torch.nn as nn
 from . import __version__, onnx_scan
 from .errors import UserError
 from .model import INPUT_NAME, OUTPUT_NAMES
-from .model.checkpoint import Checkpoint, atomic_write_bytes, load_checkpoint
+from .files import atomic_write_bytes, writable_output
+from .model.checkpoint import Checkpoint, load_checkpoint
 from .model.m2s2l import M2S2L
 
 DEFAULT_OPSET = 17
@@ -202,23 +202,6 @@ def _finish(model: onnx.ModelProto, scan: str, chunk: int, meta: dict, what: str
     return model, sites
 
 
-def _writable(path: Path) -> Path:
-    """Fail early (before the slow export) when ``path`` cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"output {path} is a folder; give a file name such as {path / 'model.onnx'}")
-    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise UserError(f"cannot write {path}: {blocker} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output folder {path.parent}: {e.strerror or e}") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {path.parent}: permission denied")
-    return path
-
-
 def _save(model: onnx.ModelProto, path: Path) -> None:
     data = model.SerializeToString()
     try:
@@ -272,7 +255,7 @@ def export_onnx(checkpoint, output: Path | None = None, scan: str = "loop", opse
     """
     _validate(scan, opset, batch, chunk)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    output = _writable(output if output is not None else default_output(ckpt, scan))
+    output = writable_output(output if output is not None else default_output(ckpt, scan), "model.onnx")
     model = ckpt.build_model()
     cfg = ckpt.model_config
     n = batch if batch != "dynamic" else 2              # trace with 2: no size-1 broadcasting shortcuts

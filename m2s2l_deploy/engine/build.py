@@ -23,7 +23,6 @@ capabilities); full TensorRT builds for the GPU it runs on.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pathlib import Path
 from .. import __version__
 from ..contract import InputContract
 from ..errors import UserError
-from ..model.checkpoint import atomic_write_bytes, atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json, writable_output
 from . import sidecar as sc
 from .backend import Backend, load_backend
 from .calibration import DEFAULT_CLIPS, DEFAULT_DIR
@@ -291,22 +290,6 @@ def default_plan_path(onnx_path: Path, precision: str) -> Path:
     return Path("engines") / f"{stem}-{precision}.plan"
 
 
-def _writable(path: Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"output {path} is a folder; give a file name such as {path / 'model.plan'}")
-    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise UserError(f"cannot write {path}: {blocker} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output folder {path.parent}: {e.strerror or e}") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {path.parent}: permission denied")
-    return path
-
-
 def _model_record(meta: dict) -> dict:
     keep = ("preset", "checkpoint_sha256", "scan_form", "graph", "input_size", "clip_len", "channels",
             "normalisation", "opset", "threshold", "toolkit_version")
@@ -349,11 +332,11 @@ def build_engine(onnx_path, output=None, precision: str = "fp32", calib_data=Non
     profile = _batch_profile(model, min_batch, opt_batch, max_batch)
     be = load_backend(backend)
     compute_capabilities = check_compute_capabilities(be, compute_capabilities)
-    plan = _writable(Path(output) if output is not None else default_plan_path(onnx_path, precision))
+    plan = writable_output(Path(output) if output is not None else default_plan_path(onnx_path, precision), "model.plan")
     side_path = sc.sidecar_path(plan)
     timing_cache = Path(timing_cache) if timing_cache is not None else None
     if timing_cache is not None:
-        _writable(timing_cache)
+        writable_output(timing_cache, "timing.cache")
     contract = InputContract.from_dict(json.loads(meta["contract"]))
 
     record: dict = {}

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import file_sha256  # noqa: F401  (build.py uses sc.file_sha256)
 
 FORMAT = "m2s2l-deploy/engine/1"
 # TensorRT-RTX's default targets when none are set: its docs say engines run on compute
@@ -43,14 +44,6 @@ class DeviceInfo:
 def sidecar_path(plan) -> Path:
     plan = Path(plan)
     return plan.with_name(plan.name + ".json")
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bytes_sha256(data: bytes) -> str:

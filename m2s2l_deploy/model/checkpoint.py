@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from ..contract import InputContract
 from ..errors import UserError
+from ..files import atomic_write_bytes, atomic_write_json, file_sha256  # noqa: F401  (re-exported)
 from .config import ModelConfig
 from .m2s2l import M2S2L
 
@@ -49,37 +47,6 @@ class Checkpoint:
     @property
     def threshold(self) -> float | None:
         return self.info.get("calibration", {}).get("threshold")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, data) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-    atomic_write_bytes(path, write)
 
 
 def save_checkpoint(run_dir: Path, model: M2S2L, contract: InputContract, info: dict) -> Path:

@@ -90,7 +90,7 @@ def describe_machine(runner=None) -> dict:
     import platform
 
     info = {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu": _cpu_name() or platform.processor() or "unknown", "cpu_count": os.cpu_count(),
+            "cpu": cpu_name() or platform.processor() or "unknown", "cpu_count": os.cpu_count(),
             "python": platform.python_version()}
     try:
         import torch
@@ -113,7 +113,7 @@ def describe_machine(runner=None) -> dict:
     return info
 
 
-def _cpu_name() -> str | None:
+def cpu_name() -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -22,7 +22,6 @@ prepare frames exactly as the model expects.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import file_sha256
 from . import MODEL_NAME, require
 
 PLATFORMS = ("onnxruntime", "tensorrt_plan", "python")
@@ -263,14 +263,6 @@ def plan_sidecar(plan: Path) -> tuple[Path, dict]:
             return cand, data
     raise UserError(f"{plan} has no JSON sidecar ({plan.name}.json) saying how it was built; only plans from "
                     "`m2s2l-deploy build-engine` can be packaged")
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _entry(value, key: str):
