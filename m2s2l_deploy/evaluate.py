@@ -26,11 +26,15 @@ from .inference import VideoScores, score_prepared
 
 def _ablation(per_video: dict[str, VideoScores], labels: dict, mean, std) -> dict:
     """AUCs (paper protocol) of each score variant, from the runner's per-frame components."""
+    import torch
+
     out = {}
+    mean, std = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
     for name, weights in scoring.ABLATIONS.items():
-        w = np.asarray(weights)
-        scores = {v: metrics.minmax_per_video((((s.components - mean) / std) * w).sum(1))
-                  for v, s in per_video.items()}
+        w = torch.tensor(weights, dtype=torch.float64)
+        scores = {v: metrics.minmax_per_video(
+            scoring.combine(torch.from_numpy(s.components).double(), mean, std, w).numpy())
+            for v, s in per_video.items()}
         r = metrics.frame_auc(scores, labels)
         out[name] = {"auc_micro": r["auc_micro"], "auc_macro": r["auc_macro"]}
     return out

@@ -102,9 +102,10 @@ class FrameEncoder(nn.Module):
 class _GivenFeatures(nn.Module):
     """Stands in for the spatial encoder: returns features computed beforehand (per frame)."""
 
-    def __init__(self, feat2, feat3):
+    def __init__(self, feat2, feat3, spatial):
         super().__init__()
         self.feats = (feat2, feat3)
+        self.first_stage = spatial.first_stage  # the target frame's fine grid is computed in the head
 
     def forward(self, frames):
         feat2, feat3 = self.feats
@@ -123,7 +124,7 @@ class ClipHead(nn.Module):
 
     def forward(self, clip, feat2, feat3):
         spatial = self.model.spatial
-        self.model.spatial = _GivenFeatures(feat2, feat3)
+        self.model.spatial = _GivenFeatures(feat2, feat3, spatial)
         try:
             return self.model(clip)
         finally:

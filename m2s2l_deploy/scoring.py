@@ -12,9 +12,9 @@ is taken, so a small anomalous object is not diluted by a large normal backgroun
     c = [-PSNR(worst E_a), -PSNR(worst E_m), -10*log10(1 - worst Q)]      (dB, higher = worse)
 
 The frame score standardises each component with its mean/std on held-out normal footage and
-sums them with weights (1, 1, 1) = "quality-aware"; ablations zero some weights. The result is in
-units of normal-footage standard deviations: the causal score; the paper protocol additionally
-min-max normalises it per video.
+takes their weighted soft maximum (``combine``), weights (1, 1, 1) = "quality-aware"; ablations
+zero some weights. The result is in units of normal-footage standard deviations: the causal score;
+the paper protocol additionally min-max normalises it per video.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 PEAK = 2.0
 EPS = 1e-8
 COMPONENTS = ("appearance", "motion", "quality")
+SOFT_MAX_TAU = 0.5  # temperature of the soft maximum in combine(), in standard deviations
 ABLATIONS = {
     "appearance-only": (1.0, 0.0, 0.0),
     "motion-only": (0.0, 1.0, 0.0),
@@ -76,9 +77,23 @@ def components(pred_frame, target, pred_motion, motion, window: int):
     return torch.stack([c_app, c_mot, c_q], dim=1), e_app, e_mot
 
 
-def combine(comps, mean, std, weights):
-    """Standardise components with normal-footage statistics and take the weighted sum: (B,)."""
-    return (((comps - mean) / std) * weights).sum(dim=1)
+def combine(comps, mean, std, weights, tau: float = SOFT_MAX_TAU):
+    """Standardise components with normal-footage statistics, then take their weighted soft maximum.
+
+    score = m + tau * log(sum_i w_i exp((z_i - m) / tau) / sum_i w_i), m = max of the z_i with w_i > 0.
+
+    Why a soft maximum, not a sum: an anomaly usually breaks one expectation (a parked crate looks
+    wrong but does not move; a cyclist looks almost normal but moves too fast), and a sum adds the
+    other components' normal-footage noise to that one clear signal. The result lies within
+    tau * log(sum w / max w) below the largest active component; zero weights drop a component
+    (the ablations). Works on (B, K) torch tensors; plain ops only, so it runs inside every graph.
+    """
+    z = (comps - mean) / std
+    active = weights > 0
+    z = torch.where(active, z, torch.full_like(z, -1e4))
+    m = z.amax(dim=1, keepdim=True)
+    mix = (weights * torch.exp((z - m) / tau)).sum(dim=1) / weights.sum()
+    return m[:, 0] + tau * torch.log(mix)
 
 
 def score_map(e_app, e_mot, map_scale):

@@ -240,6 +240,8 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         log("resumed from saved weights (no optimiser state found)")
 
     background = background_of(data.frames)
+    if step == 0:  # a resumed run keeps the prior it was trained with
+        model.set_appearance_prior(background)
     steps_per_epoch = max(1, len(data.clips) // opts.batch)
     total_steps = None if opts.epochs is None else step + opts.epochs * steps_per_epoch
     budget_s = None if opts.minutes is None else opts.minutes * 60.0

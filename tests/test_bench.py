@@ -230,7 +230,7 @@ def test_bench_cli_writes_every_output(trained_run, onnx_files, synth_video, tmp
 
 @pytest.mark.skipif(not VTEST.exists(), reason=f"real footage {VTEST} not present (outside a developer checkout)")
 def test_bench_on_real_footage(trained_run, onnx_files, tmp_path):
-    """vtest.avi (768x576 colour, 10 fps): decoded, converted to the model's gray 64x64, scored."""
+    """vtest.avi (768x576 colour, 10 fps): decoded, converted to the model's gray input size, scored."""
     proc = run_cli("bench", VTEST, "--onnx", onnx_files["split"], "--max-frames", "40", "--threads", "1",
                    "--batch", "4", "--json", tmp_path / "v.json")
     assert proc.returncode == 0, proc.stderr

@@ -26,7 +26,7 @@ def test_roundtrip_same_outputs_without_pickle(saved, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load (pickle) must not be used"))
     ckpt = load_checkpoint(run)
     loaded = ckpt.build_model()
-    clip = torch.rand(1, 5, 1, 64, 64) * 2 - 1
+    clip = torch.rand(1, 5, 1, model.cfg.height, model.cfg.width) * 2 - 1
     with torch.no_grad():
         for a, b in zip(model(clip), loaded(clip)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)

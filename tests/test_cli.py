@@ -84,6 +84,8 @@ def test_corrupt_checkpoint_is_one_line_error(tmp_path, small_scene):
 
 def test_bad_options_are_one_line_errors(tmp_path):
     assert_user_error(run_cli("synth", tmp_path / "x", "--size", "big"), "--size")
+    assert_user_error(run_cli("synth", tmp_path / "y", "--events", "cyclist,dragon"), "dragon")
+    assert not (tmp_path / "y").exists()
     assert_user_error(run_cli("info", "--preset", "huge"), "preset")
     proc = run_cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--epochs", "1", "--minutes", "1")
     assert_user_error(proc, "not both")

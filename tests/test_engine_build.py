@@ -41,6 +41,10 @@ from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
 from m2s2l_deploy.runners.onnx_runner import OnnxRunner  # noqa: E402
 from m2s2l_deploy.runners.tensorrt_runner import TensorRTRunner, preflight  # noqa: E402
 
+from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
+
+H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+
 pytestmark = pytest.mark.slow
 FORMS = ("loop", "plugin")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -104,7 +108,7 @@ def test_tiny_builds_real_strongly_typed_plans(builds, exports, trained_run, for
     assert side["backend"] == {"name": "tensorrt-rtx", "version": trt.__version__, "module": "tensorrt_rtx_bindings"}
     assert side["precision"] == precision and side["strongly_typed"] is True
     assert side["device"].startswith("AOT/CPU") and side["targets"] == sc.RTX_DEFAULT_TARGETS
-    assert side["profile"]["clip"] == {"min": [1, 5, 1, 64, 64], "opt": [4, 5, 1, 64, 64], "max": [16, 5, 1, 64, 64]}
+    assert side["profile"]["clip"] == {"min": [1, 5, 1, H, W], "opt": [4, 5, 1, H, W], "max": [16, 5, 1, H, W]}
     assert side["onnx"]["sha256"] == sha256(exports[form])
     assert side["model"]["checkpoint_sha256"] == sha256(trained_run / "model.safetensors")
     assert side["model"]["scan_form"] == form and side["build_seconds"] > 0

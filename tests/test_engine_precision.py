@@ -25,6 +25,10 @@ from m2s2l_deploy.model import M2S2L, preset_config  # noqa: E402
 from m2s2l_deploy.model.checkpoint import save_checkpoint  # noqa: E402
 from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
 
+from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
+
+H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
@@ -41,7 +45,7 @@ def exports(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clips():
     rng = np.random.default_rng(0)
-    return rng.uniform(-1, 1, (12, 5, 1, 64, 64)).astype(np.float32)
+    return rng.uniform(-1, 1, (12, 5, 1, H, W)).astype(np.float32)
 
 
 def _types(model) -> dict[str, int]:

@@ -28,6 +28,10 @@ from m2s2l_deploy.runners.onnx_runner import extensions_available, register_sele
 from m2s2l_deploy.scan import selective_scan_ref  # noqa: E402
 from cli_helpers import assert_user_error, run_cli  # noqa: E402
 
+from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
+
+H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+
 ATOL, RTOL = 1e-5, 1e-4
 FORMS = ["loop", "chunked", "plugin"]
 needs_ext = pytest.mark.skipif(not extensions_available(), reason="onnxruntime-extensions not installed")
@@ -151,7 +155,7 @@ def test_export_checks_metadata_and_dynamic_batch(form, tiny_random, tmp_path):
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     meta = {p.key: p.value for p in model.metadata_props}
     ckpt = load_checkpoint(tiny_random)
-    assert meta["preset"] == "tiny" and meta["input_size"] == "64x64" and meta["clip_len"] == "5"
+    assert meta["preset"] == "tiny" and meta["input_size"] == f"{H}x{W}" and meta["clip_len"] == "5"
     assert meta["channels"] == "1" and meta["normalisation"] == "x/127.5-1"
     assert InputContract.from_dict(json.loads(meta["contract"])) == ckpt.contract
     assert meta["checkpoint_sha256"] == ckpt.weights_sha256 and meta["scan_form"] == form
@@ -160,7 +164,7 @@ def test_export_checks_metadata_and_dynamic_batch(form, tiny_random, tmp_path):
     kinds = {n.op_type for n in model.graph.node}
     assert ("SelectiveScan" in kinds) == (form == "plugin")
     # dynamic batch: 1 and 3 clips give the PyTorch numbers
-    x = np.random.default_rng(0).uniform(-1, 1, (3, 5, 1, 64, 64)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 5, 1, H, W)).astype(np.float32)
     torch_out = TorchRunner(ckpt).infer(x)
     with OnnxRunner(out, threads=1) as runner:
         assert runner.contract == ckpt.contract
@@ -178,7 +182,7 @@ def test_fixed_batch_and_opset(tiny_random, tmp_path):
 
 
 def test_loop_graph_does_not_unroll(tiny_random, tmp_path):
-    """Same node count (subgraphs included) at 64x64 and 128x128: the recurrence is not unrolled."""
+    """Same node count (subgraphs included) at the tiny size and at 128x128: the recurrence is not unrolled."""
     big = random_run(tmp_path, height=128, width=128)
     counts = {}
     for run, size in ((tiny_random, 64), (big, 128)):
@@ -200,7 +204,7 @@ def test_split_export_links_and_streams(tiny_random, tmp_path):
     assert meta[0]["split_id"] == meta[1]["split_id"] and meta[0]["split_head"] == head_path.name
     enc = onnx.load(str(enc_path))
     assert [i.name for i in enc.graph.input] == ["frames"] and [o.name for o in enc.graph.output] == ["feat2", "feat3"]
-    frames = np.random.default_rng(1).uniform(-1, 1, (14, 1, 64, 64)).astype(np.float32)
+    frames = np.random.default_rng(1).uniform(-1, 1, (14, 1, H, W)).astype(np.float32)
     clips = frames[sliding_clips(len(frames), 5)]                       # 10 overlapping clips
     ref = TorchRunner(tiny_random).infer(clips)
     with OnnxRunner(tmp_path / "s.onnx", threads=1) as runner:           # NAME.onnx finds the pair

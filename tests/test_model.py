@@ -22,8 +22,9 @@ def test_outputs_and_shapes(channels):
     with torch.no_grad():
         outs = model(_clip(cfg))
     shapes = dict(zip(OUTPUT_NAMES, (tuple(o.shape) for o in outs)))
-    assert shapes == {"score_map": (1, 1, 64, 64), "pred_frame": (1, channels, 64, 64),
-                      "pred_motion": (1, channels, 64, 64), "frame_score": (1,)}
+    hw = (cfg.height, cfg.width)
+    assert shapes == {"score_map": (1, 1, *hw), "pred_frame": (1, channels, *hw),
+                      "pred_motion": (1, channels, *hw), "frame_score": (1,)}
     assert all(torch.isfinite(o).all() for o in outs)
 
 

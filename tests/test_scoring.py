@@ -52,8 +52,22 @@ def test_components_rank_a_visible_object_higher():
     assert (c_bad[0, 0] > c_good[0, 0]) and (c_bad[0, 2] > c_good[0, 2])
 
 
-def test_combine_standardises_and_weights():
-    comps = torch.tensor([[3.0, 5.0, 7.0]])
+def test_combine_standardises_and_takes_a_soft_maximum():
+    comps = torch.tensor([[3.0, 5.0, 7.0], [3.0, 13.0, -5.0]])
     mean, std = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 4.0, 6.0])
-    assert scoring.combine(comps, mean, std, torch.ones(3)).item() == pytest.approx(1 + 1 + 1)
-    assert scoring.combine(comps, mean, std, torch.tensor([1.0, 0, 0])).item() == pytest.approx(1.0)
+    z = ((comps - mean) / std).double().numpy()          # [[1, 1, 1], [1, 3, -1]]
+    tau = scoring.SOFT_MAX_TAU
+    got = scoring.combine(comps, mean, std, torch.ones(3)).double().numpy()
+    # independent form: tau * log(mean(exp(z / tau))), via scipy's stable logsumexp
+    from scipy.special import logsumexp
+    want = tau * (logsumexp(z / tau, axis=1) - np.log(3))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[0] == pytest.approx(1.0, rel=1e-5)           # equal components: that value
+    assert z[1].max() - tau * np.log(3) <= got[1] <= z[1].max()
+    # zero weights drop a component, however large it is
+    only_app = scoring.combine(comps, mean, std, torch.tensor([1.0, 0, 0]))
+    np.testing.assert_allclose(only_app.numpy(), z[:, 0], rtol=1e-6)
+    huge = scoring.combine(torch.tensor([[3.0, 1e6, 7.0]]), mean, std, torch.tensor([1.0, 0, 1.0]))
+    assert torch.isfinite(huge).all() and huge.item() <= 1.0 + 1e-5
+
+

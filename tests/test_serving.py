@@ -44,6 +44,7 @@ from cli_helpers import assert_user_error, run_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
 T = 5
+H, W = preset_config("tiny").height, preset_config("tiny").width
 
 
 def quiet(*_):
@@ -57,7 +58,7 @@ def model_files(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("serving")
     torch.manual_seed(0)
     cfg = preset_config("tiny", in_channels=1)
-    run = save_checkpoint(root / "run", M2S2L(cfg), InputContract(64, 64, 1, "stretch", 10.0, cfg.clip_len),
+    run = save_checkpoint(root / "run", M2S2L(cfg), InputContract(H, W, 1, "stretch", 10.0, cfg.clip_len),
                           {"calibration": {"threshold": 3.0}})
     onnx_path = export_onnx(run, root / "tiny-loop.onnx", scan="loop").paths[0]
     videos = [root / "cam0.avi", root / "cam1.avi"]
@@ -240,10 +241,10 @@ def test_malformed_requests_get_errors_and_others_keep_going(repo_server, model_
     th, box = _run_in_thread(lambda: bench_streams(model_files["videos"], e.grpc_url, 4, 5.0, None, quiet, timeout_s=60))
     time.sleep(1.0)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{e.grpc_port}")
-    bad = [(np.zeros((1, T, 1, 64, 65), np.float32), "FP32", "unexpected shape"),
-           (np.zeros((1, T - 1, 1, 64, 64), np.float32), "FP32", "unexpected shape"),
-           (np.zeros((1, T, 1, 64, 64), np.float64), "FP64", "data-type"),
-           (np.zeros((1, T, 1, 64, 64), np.int32), "INT32", "data-type")]
+    bad = [(np.zeros((1, T, 1, H, W + 1), np.float32), "FP32", "unexpected shape"),
+           (np.zeros((1, T - 1, 1, H, W), np.float32), "FP32", "unexpected shape"),
+           (np.zeros((1, T, 1, H, W), np.float64), "FP64", "data-type"),
+           (np.zeros((1, T, 1, H, W), np.int32), "INT32", "data-type")]
     for x, dtype, needle in bad:
         inp = grpcclient.InferInput("clip", list(x.shape), dtype)
         inp.set_data_from_numpy(x)
@@ -251,8 +252,8 @@ def test_malformed_requests_get_errors_and_others_keep_going(repo_server, model_
             client.infer("m2s2l", [inp], client_timeout=30)
     infer_url = f"{e.http_url}/v2/models/m2s2l/infer"
     assert _http_post(infer_url, b"\x00\xff garbage {{{") >= 400
-    header = json.dumps({"inputs": [{"name": "clip", "shape": [1, T, 1, 64, 64], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": T * 64 * 64 * 4}}]}).encode()
+    header = json.dumps({"inputs": [{"name": "clip", "shape": [1, T, 1, H, W], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": T * H * W * 4}}]}).encode()
     assert _http_post(infer_url, header + b"\x00" * 100, {"Inference-Header-Content-Length": str(len(header))}) == 400
     with socket.create_connection(("127.0.0.1", e.grpc_port), timeout=10) as raw:   # not HTTP/2 at all
         raw.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)))
@@ -261,7 +262,7 @@ def test_malformed_requests_get_errors_and_others_keep_going(repo_server, model_
     assert report["failed_requests"] == 0 and report["gaps"] == 0 and not report["stalled_streams"]
     assert all(s["requests_ok"] > 0 for s in report["per_stream"])
     assert_scores_match(report, reference)
-    x = np.stack([np.zeros((T, 1, 64, 64), np.float32)])
+    x = np.stack([np.zeros((T, 1, H, W), np.float32)])
     inp = grpcclient.InferInput("clip", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     assert np.isfinite(client.infer("m2s2l", [inp], client_timeout=30).as_numpy("frame_score")).all()
@@ -273,14 +274,14 @@ def test_disconnecting_client_does_not_stall_the_rest(pytriton_server, model_fil
     th, box = _run_in_thread(lambda: bench_streams(model_files["videos"], e.grpc_url, 4, 6.0, None, quiet, timeout_s=60))
     time.sleep(1.0)
     t_rogue = time.monotonic()
-    x = np.zeros((1, T, 1, 64, 64), np.float32)
+    x = np.zeros((1, T, 1, H, W), np.float32)
     for _ in range(3):     # a client that sends a request and goes away before the answer
         c = grpcclient.InferenceServerClient(f"127.0.0.1:{e.grpc_port}")
         inp = grpcclient.InferInput("clip", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         c.async_infer("m2s2l", [inp], callback=lambda *_: None)
         c.close()
-    body = json.dumps({"inputs": [{"name": "clip", "shape": [1, T, 1, 64, 64], "datatype": "FP32",
+    body = json.dumps({"inputs": [{"name": "clip", "shape": [1, T, 1, H, W], "datatype": "FP32",
                                    "data": [0.0] * 100}]}).encode()
     with socket.create_connection(("127.0.0.1", e.http_port), timeout=10) as raw:    # half a request, then gone
         raw.sendall(b"POST /v2/models/m2s2l/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

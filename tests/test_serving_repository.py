@@ -33,6 +33,10 @@ from m2s2l_deploy.runners.onnx_runner import OnnxRunner  # noqa: E402
 from m2s2l_deploy.serving.repository import package_repository, read_config  # noqa: E402
 from cli_helpers import assert_user_error, run_cli  # noqa: E402
 
+from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
+
+H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+
 
 def tiny_run(root: Path, threshold: float = 2.5) -> Path:
     """A random-weights tiny checkpoint with a calibrated-looking threshold."""
@@ -123,7 +127,7 @@ def test_vendored_runtime_is_self_contained(exports, tmp_path):
     """The repository's runner runs without m2s2l_deploy and gives the package runner's numbers."""
     repo = tmp_path / "repo"
     package_repository(repo, "python", onnx=exports["loop"])
-    clips = np.random.default_rng(0).uniform(-1, 1, (3, 5, 1, 64, 64)).astype(np.float32)
+    clips = np.random.default_rng(0).uniform(-1, 1, (3, 5, 1, H, W)).astype(np.float32)
     np.save(tmp_path / "clips.npy", clips)
     code = ("import sys, json, numpy as np; sys.path.insert(0, sys.argv[1]);"
             "from m2s2l_runtime.runners.onnx_runner import OnnxRunner;"
@@ -188,8 +192,8 @@ def test_python_model_batches_requests_and_isolates_bad_ones(exports, tmp_path, 
     model.initialize({"model_config": json.dumps(cfg_json), "model_instance_kind": "CPU"})
 
     rng = np.random.default_rng(1)
-    a = rng.uniform(-1, 1, (1, 5, 1, 64, 64)).astype(np.float32)
-    b = rng.uniform(-1, 1, (2, 5, 1, 64, 64)).astype(np.float32)
+    a = rng.uniform(-1, 1, (1, 5, 1, H, W)).astype(np.float32)
+    b = rng.uniform(-1, 1, (2, 5, 1, H, W)).astype(np.float32)
     requests = [pb.Request(a), pb.Request(a[:, :4].copy()), pb.Request(b, ["frame_score"]),
                 pb.Request(a.astype(np.float64)), pb.Request(None)]
     responses = model.execute(requests)
@@ -203,7 +207,7 @@ def test_python_model_batches_requests_and_isolates_bad_ones(exports, tmp_path, 
     out_b = {t.name: t.array for t in responses[2].output_tensors}
     assert set(out_b) == {"frame_score"}                 # only what the request asked for
     np.testing.assert_allclose(out_b["frame_score"], ref.infer(b)["frame_score"], rtol=1e-5, atol=1e-5)
-    assert "must be (batch, 5, 1, 64, 64)" in responses[1].error.msg
+    assert f"must be (batch, 5, 1, {H}, {W})" in responses[1].error.msg
     assert "FP32" in responses[3].error.msg and "missing" in responses[4].error.msg
 
 
@@ -222,7 +226,7 @@ def test_onnxruntime_repository_and_tensorrt_accelerator(exports, tmp_path):
     assert len(acc) == 1 and acc[0].name == "tensorrt"
     p = dict(acc[0].parameters)
     assert p["precision_mode"] == "FP16"
-    assert p["trt_profile_min_shapes"] == "clip:1x5x1x64x64" and p["trt_profile_max_shapes"] == "clip:16x5x1x64x64"
+    assert p["trt_profile_min_shapes"] == f"clip:1x5x1x{H}x{W}" and p["trt_profile_max_shapes"] == f"clip:16x5x1x{H}x{W}"
 
     package_repository(repo, "onnxruntime", onnx=exports["qdq"], ort_tensorrt=True, force=True)
     acc = parse(repo / "m2s2l" / "config.pbtxt").optimization.execution_accelerators.gpu_execution_accelerator
@@ -309,7 +313,7 @@ def _plan(tmp_path: Path, onnx_path: Path, **sidecar) -> Path:
             "plan": {"file": plan.name, "sha256": _sha(plan), "bytes": plan.stat().st_size},
             "backend": {"name": "tensorrt", "version": "10.13.0", "module": "tensorrt"},
             "precision": "fp16", "targets": ["9.0"], "plugins": [],
-            "profile": {"clip": {"min": [1, 5, 1, 64, 64], "opt": [4, 5, 1, 64, 64], "max": [8, 5, 1, 64, 64]}},
+            "profile": {"clip": {"min": [1, 5, 1, H, W], "opt": [4, 5, 1, H, W], "max": [8, 5, 1, H, W]}},
             "onnx": {"path": str(onnx_path), "sha256": _sha(onnx_path)}}
     side.update(sidecar)
     (tmp_path / "engine.plan.json").write_text(json.dumps(side))
@@ -323,7 +327,7 @@ def test_tensorrt_plan_from_full_tensorrt_is_packaged(exports, tmp_path):
     cfg = parse(repo / "m2s2l" / "config.pbtxt")
     assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
     assert (repo / "m2s2l" / "1" / "model.plan").read_bytes() == plan.read_bytes()
-    assert [i.name for i in cfg.input] == ["clip"] and list(cfg.input[0].dims) == [5, 1, 64, 64]
+    assert [i.name for i in cfg.input] == ["clip"] and list(cfg.input[0].dims) == [5, 1, H, W]
     assert any("10.13.0" in n for n in res.notes)
 
 
@@ -344,7 +348,7 @@ def test_tensorrt_plan_refusals(exports, tmp_path, case, needles):
     elif case == "plugin":
         extra["plugins"] = [{"name": "SelectiveScan", "namespace": "m2s2l", "version": "1"}]
     elif case == "profile_min":
-        extra["profile"] = {"clip": {"min": [2, 5, 1, 64, 64], "opt": [4, 5, 1, 64, 64], "max": [8, 5, 1, 64, 64]}}
+        extra["profile"] = {"clip": {"min": [2, 5, 1, H, W], "opt": [4, 5, 1, H, W], "max": [8, 5, 1, H, W]}}
     plan = _plan(tmp_path, exports["loop"], **extra)
     if case == "no_sidecar":
         (tmp_path / "engine.plan.json").unlink()

@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from m2s2l_deploy.data.synth import (CLEAN, EVENT_TYPES, background_frame, event_assignment,
-                                     generate_scene, make_layout, render_video_file)
+from m2s2l_deploy.data.synth import (CLEAN, DEFAULT_EVENTS, EVENT_TYPES, _collect, background_frame,
+                                     event_assignment, generate_scene, make_layout, plan_video, render,
+                                     render_video_file)
 from m2s2l_deploy.errors import UserError
 
 SMALL = dict(size=(48, 64), n_train=1, n_test=2, train_frames=12, test_frames=40)
@@ -29,7 +30,7 @@ def _frames(folder: Path) -> np.ndarray:
 def test_layout_and_scene_json(small_set):
     meta = json.loads((small_set / "scene.json").read_text())
     assert meta["fps"] == 10 and meta["size"] == [48, 64] and meta["seed"] == 0
-    assert meta["scene"] == 0 and meta["generator_version"] == 1
+    assert meta["scene"] == 0 and meta["generator_version"] == 2
     train = _frames(small_set / "training" / "frames" / "01")
     assert train.shape == (12, 48, 64) and train.dtype == np.uint8  # 8-bit grayscale PNGs
     assert (small_set / "training" / "frames" / "01" / "0000.png").exists()
@@ -63,7 +64,7 @@ def test_labels_and_pixel_masks_agree(small_set):
         if info["anomaly"] != CLEAN:
             assert labels.sum() > 0
             n_anomalous += 1
-    assert n_anomalous == 2  # with fewer than 8 test videos, anomaly types come first
+    assert n_anomalous == 2  # with fewer test videos than types + 2, anomaly types come first
 
 
 def _tree_bytes(root: Path) -> dict:
@@ -127,12 +128,33 @@ def test_progress_counts_frames(tmp_path):
 
 
 def test_event_assignment_covers_all_types():
+    n = len(DEFAULT_EVENTS) + 2
     for seed in range(3):
-        kinds = event_assignment(seed, 0, 8)
-        assert sorted(kinds) == sorted(list(EVENT_TYPES) + [CLEAN, CLEAN])
-    assert event_assignment(0, 0, 8) != event_assignment(1, 0, 8)  # varies with the seed
-    assert CLEAN not in event_assignment(5, 0, 6)
+        kinds = event_assignment(seed, 0, n)
+        assert sorted(kinds) == sorted(list(DEFAULT_EVENTS) + [CLEAN, CLEAN])
+    assert "wrong_way" not in DEFAULT_EVENTS and set(DEFAULT_EVENTS) < set(EVENT_TYPES)
+    assert sorted(event_assignment(0, 0, 8, EVENT_TYPES)) == sorted(list(EVENT_TYPES) + [CLEAN, CLEAN])
+    assert event_assignment(0, 0, n) != event_assignment(1, 0, n)  # varies with the seed
+    assert CLEAN not in event_assignment(5, 0, len(DEFAULT_EVENTS))
     assert event_assignment(2, 0, 3) == event_assignment(2, 0, 3)
+    with pytest.raises(UserError, match="unknown synthetic event"):
+        event_assignment(0, 0, 3, ("cyclist", "dragon"))
+
+
+def test_labels_start_once_a_fifth_of_the_object_is_in_view():
+    """Frame labels follow the rule of _collect, recomputed here from the raw drawn masks."""
+    layout = make_layout(0, (120, 160))
+    checked_sliver = False
+    for seed in range(4):
+        plan = plan_video(layout, np.random.default_rng([seed, 7]), 120, ("cart",))
+        raw = [m for _, m in render(layout, plan)]
+        area = np.array([int(ms[0].sum()) for ms in raw])
+        labels, pixel, _ = _collect(raw, (120, 160), 1)
+        want = (area > 0) & (area >= 0.2 * area.max())
+        np.testing.assert_array_equal(labels.astype(bool), want)
+        np.testing.assert_array_equal(pixel.reshape(120, -1).any(1), want)
+        checked_sliver |= bool(((area > 0) & ~want).any())   # a sliver at the border: not labelled
+    assert checked_sliver
 
 
 def test_bad_arguments(tmp_path):

@@ -24,15 +24,17 @@ def test_checkpoint_records_contract_and_calibration(trained_run):
     assert ckpt.info["training"]["steps"] > 0 and ckpt.info["training"]["layout"] == "frames"
 
 
-def test_training_beats_the_untrained_model(eval_report, untrained_report):
-    """Floors measured against the same pipeline with an untrained, calibrated model.
+def test_training_beats_the_untrained_model_and_the_baseline(eval_report, untrained_report):
+    """Floors measured against the same pipeline with an untrained, calibrated model and against
+    the frame-difference baseline on the same frames (both computed in this run, not typed in).
 
-    The issue's target (micro AUC >= 0.95 after <= 10 CPU-minutes) is not reached yet (README,
-    Results); these floors check that training teaches the model where anomalies are.
+    The suite's checkpoint trains 4 minutes; the issue's target (micro AUC >= 0.95 after <= 10
+    CPU-minutes) is measured by the demo and recorded in the README, not asserted here.
     """
     r, u = eval_report, untrained_report
     assert r["auc_pixel"] >= 0.9 and r["auc_pixel"] >= u["auc_pixel"] + 0.1, (r["auc_pixel"], u["auc_pixel"])
-    assert r["auc_micro"] > u["auc_micro"], (r["auc_micro"], u["auc_micro"])
+    assert r["auc_micro"] >= u["auc_micro"] + 0.1, (r["auc_micro"], u["auc_micro"])
+    assert r["auc_micro_causal"] >= r["baseline_auc_micro"] + 0.05, (r["auc_micro_causal"], r["baseline_auc_micro"])
     assert r["baseline_auc_micro"] == pytest.approx(u["baseline_auc_micro"])   # same frames, same baseline
     assert r["baseline_auc_micro"] <= 0.80          # the synthetic set is not trivially easy
 

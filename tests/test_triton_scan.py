@@ -32,6 +32,10 @@ from m2s2l_deploy import scan  # noqa: E402
 from m2s2l_deploy.errors import UserError  # noqa: E402
 from m2s2l_deploy.scan import selective_scan_cpu, selective_scan_ref  # noqa: E402
 
+from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
+
+H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+
 CUDA = torch.cuda.is_available()
 POSITIONAL = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus")
 
@@ -354,7 +358,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def _clips(batch=2, seed=0):
-    return np.random.default_rng(seed).uniform(-1, 1, (batch, 5, 1, 64, 64)).astype(np.float32)
+    return np.random.default_rng(seed).uniform(-1, 1, (batch, 5, 1, H, W)).astype(np.float32)
 
 
 @pytest.mark.skipif(CUDA, reason="checks the refusals of a machine without CUDA")

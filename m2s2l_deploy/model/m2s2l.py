@@ -10,6 +10,9 @@ clip (B, T, C, H, W) in [-1, 1]: frames 0..T-2 are history, frame T-1 is the tar
 4. Decoders: the appearance head reconstructs the target frame, the motion head its frame
    difference to the previous frame, each from its own stream (coarse features plus a narrow
    granularity-2 skip, so the heads cannot copy unseen content through a full-resolution path).
+   The appearance head predicts on top of the camera's empty scene (``appearance_prior``, the
+   training footage's per-pixel median, stored as a buffer): the bottleneck then carries only what
+   moves through the scene, so ordinary walkers are reproduced well and unseen objects are not.
 5. Quality-aware score (``scoring``): worst-patch PSNR of both heads plus an SSIM quality term,
    standardised by normal-footage statistics held in buffers (set by calibration after training).
 """
@@ -44,6 +47,10 @@ class SpatialEncoder(nn.Module):
             nn.Sequential(*[VSSBlock(d[i], cfg.d_state, cfg.expand, cfg.mlp_ratio) for _ in range(cfg.depths[i])])
             for i in range(3))
 
+    def first_stage(self, frames):
+        """(N, C, H, W) -> the granularity-1 grid only (what the appearance head's fine skip reads)."""
+        return self.stages[0](self.embed_norm(self.embed(frames).permute(0, 2, 3, 1)))
+
     def forward(self, frames):
         x = self.embed_norm(self.embed(frames).permute(0, 2, 3, 1))
         grids = []
@@ -58,19 +65,20 @@ class SpatialEncoder(nn.Module):
 class Decoder(nn.Module):
     """Coarse stream (B, d3, H/4p, W/4p) + narrow skip (B, s, H/2p, W/2p) -> image (B, C, H, W)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, skip1_dim: int = 0):
         super().__init__()
         d, p = cfg.dims, cfg.patch
         self.up3 = nn.ConvTranspose2d(d[2], d[1], 2, stride=2)
         self.block2 = nn.Sequential(nn.Conv2d(d[1] + cfg.skip_dim, d[1], 3, padding=1), nn.GELU())
         self.up2 = nn.ConvTranspose2d(d[1], d[0], 2, stride=2)
-        self.block1 = nn.Sequential(nn.Conv2d(d[0], d[0], 3, padding=1), nn.GELU())
+        self.block1 = nn.Sequential(nn.Conv2d(d[0] + skip1_dim, d[0], 3, padding=1), nn.GELU())
         self.up1 = nn.ConvTranspose2d(d[0], d[0], p, stride=p)
         self.head = nn.Sequential(nn.GELU(), nn.Conv2d(d[0], cfg.in_channels, 3, padding=1))
 
-    def forward(self, coarse, skip):
+    def forward(self, coarse, skip, skip1=None):
         x = self.block2(torch.cat([self.up3(coarse), skip], dim=1))
-        x = self.block1(self.up2(x))
+        x = self.up2(x)
+        x = self.block1(x if skip1 is None else torch.cat([x, skip1], dim=1))
         return self.head(self.up1(x))
 
 
@@ -86,13 +94,16 @@ class M2S2L(nn.Module):
         self.mot_proj = nn.Linear(d[2], d[2])
         self.app_skip = nn.Linear(d[1], cfg.skip_dim)
         self.mot_skip = nn.Linear(d[1], cfg.skip_dim)
-        self.app_decoder = Decoder(cfg)
+        self.app_skip1 = nn.Linear(d[0], cfg.skip1_dim) if cfg.skip1_dim else None
+        self.app_decoder = Decoder(cfg, cfg.skip1_dim)
         self.mot_decoder = Decoder(cfg)
         # Normal-footage statistics for the score; identity until calibrated after training.
         self.register_buffer("score_mean", torch.zeros(len(scoring.COMPONENTS)))
         self.register_buffer("score_std", torch.ones(len(scoring.COMPONENTS)))
         self.register_buffer("score_weights", torch.ones(len(scoring.COMPONENTS)))
         self.register_buffer("map_scale", torch.ones(2))
+        # atanh of the empty scene in [-1, 1]; zeros (= mid grey) until set by training
+        self.register_buffer("appearance_prior", torch.zeros(cfg.in_channels, cfg.height, cfg.width))
 
     # -- parts ---------------------------------------------------------------------------------
     def encode(self, clip):
@@ -101,15 +112,23 @@ class M2S2L(nn.Module):
         g1, g2, g3 = self.spatial(clip.flatten(0, 1))
         f2 = self.temporal2(g2.view(b, t, *g2.shape[1:]))
         f3 = self.temporal3(g3.view(b, t, *g3.shape[1:]))
-        return {
+        streams = {
             "app": self.app_proj(f3), "mot": self.mot_proj(f3),
             "app_skip": self.app_skip(f2), "mot_skip": self.mot_skip(f2),
         }
+        if self.app_skip1 is not None:  # the target frame's finest tokens, squeezed narrow
+            # (a --split head gets only the coarser grids: it recomputes stage 1 for the target)
+            g1_target = self.spatial.first_stage(clip[:, -1]) if g1 is None else g1.view(b, t, *g1.shape[1:])[:, -1]
+            streams["app_skip1"] = self.app_skip1(g1_target)
+        return streams
 
     def decode(self, streams):
         def nchw(x):
             return x.permute(0, 3, 1, 2)
-        pred_frame = torch.tanh(self.app_decoder(nchw(streams["app"]), nchw(streams["app_skip"])))
+        skip1 = streams.get("app_skip1")
+        pred_frame = torch.tanh(self.app_decoder(nchw(streams["app"]), nchw(streams["app_skip"]),
+                                                 None if skip1 is None else nchw(skip1))
+                                + self.appearance_prior)
         pred_motion = 2.0 * torch.tanh(self.mot_decoder(nchw(streams["mot"]), nchw(streams["mot_skip"])))
         return pred_frame, pred_motion
 
@@ -131,6 +150,11 @@ class M2S2L(nn.Module):
         """The deployed graph: (score_map, pred_frame, pred_motion, frame_score), see OUTPUT_NAMES."""
         out = self.outputs(clip)
         return tuple(out[name] for name in OUTPUT_NAMES)
+
+    @torch.no_grad()
+    def set_appearance_prior(self, background: torch.Tensor) -> None:
+        """Store the empty scene (C, H, W) in [-1, 1] that the appearance head predicts on top of."""
+        self.appearance_prior.copy_(torch.atanh(background.clamp(-0.98, 0.98)))
 
     def scan_sites(self) -> list[ScanOp]:
         return [m for m in self.modules() if isinstance(m, ScanOp)]
