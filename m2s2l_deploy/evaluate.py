@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from . import metrics, scoring
 from .contract import prepare_frames
@@ -26,8 +27,6 @@ from .inference import VideoScores, score_prepared
 
 def _ablation(per_video: dict[str, VideoScores], labels: dict, mean, std) -> dict:
     """AUCs (paper protocol) of each score variant, from the runner's per-frame components."""
-    import torch
-
     out = {}
     mean, std = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
     for name, weights in scoring.ABLATIONS.items():

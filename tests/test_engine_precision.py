@@ -25,9 +25,7 @@ from m2s2l_deploy.model import M2S2L, preset_config  # noqa: E402
 from m2s2l_deploy.model.checkpoint import save_checkpoint  # noqa: E402
 from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
 
-from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
-
-H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+H, W = preset_config("tiny").height, preset_config("tiny").width  # the tiny preset's input size
 
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

@@ -696,9 +696,7 @@ def plan_video(layout: Layout, rng: np.random.Generator, n_frames: int,
     for 10-20 s), so an event that happens to coincide with a busy or quiet spell would be found
     or missed by motion energy through luck alone, for the baseline and for any model.
     """
-    for e in events:
-        if e not in EVENT_TYPES:
-            raise UserError(f"unknown synthetic event {e!r}; choose from {', '.join(EVENT_TYPES)}")
+    _check_events(events)
     if n_frames < 1:
         raise UserError("a synthetic video needs at least one frame")
     if fps <= 0:
@@ -778,11 +776,9 @@ def event_assignment(seed: int, scene: int, n_test: int,
     Every type of ``events`` appears when n_test >= len(events) + 2 (plus two clean videos);
     fewer videos take anomaly types first, more videos cycle through the list again.
     """
-    for e in events:
-        if e not in EVENT_TYPES:
-            raise UserError(f"unknown synthetic event {e!r}; choose from {', '.join(EVENT_TYPES)}")
     if not events:
         raise UserError("choose at least one synthetic event type")
+    _check_events(events)
     rng = np.random.default_rng([int(seed), int(scene), 2])
     base = [events[i] for i in rng.permutation(len(events))] + [CLEAN, CLEAN]
     picked = [base[i % len(base)] for i in range(n_test)]
@@ -870,6 +866,12 @@ def generate_scene(out: Path, seed: int = 0, size: tuple[int, int] = (120, 160),
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def _check_events(events: Sequence[str]) -> None:
+    for e in events:
+        if e not in EVENT_TYPES:
+            raise UserError(f"unknown synthetic event {e!r}; choose from {', '.join(EVENT_TYPES)}")
 
 
 def _check_seed(seed: int, scene: int) -> None:

@@ -52,12 +52,10 @@ class SpatialEncoder(nn.Module):
         return self.stages[0](self.embed_norm(self.embed(frames).permute(0, 2, 3, 1)))
 
     def forward(self, frames):
-        x = self.embed_norm(self.embed(frames).permute(0, 2, 3, 1))
-        grids = []
-        for i, stage in enumerate(self.stages):
-            if i > 0:
-                x = self.downs[i - 1](x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-            x = stage(x)
+        x = self.first_stage(frames)
+        grids = [x]
+        for down, stage in zip(self.downs, self.stages[1:]):
+            x = stage(down(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
             grids.append(x)
         return grids
 
