@@ -108,6 +108,8 @@ def train(data: Path = typer.Option(..., help="Dataset root (see --dataset)."),
           preset: str = typer.Option("tiny", help="tiny|small|paper"),
           epochs: Optional[int] = typer.Option(None, help="Passes over all training clips."),
           minutes: Optional[float] = typer.Option(None, help="Wall-clock training budget (alternative to --epochs)."),
+          steps: Optional[int] = typer.Option(None, help="Optimiser steps (alternative to --epochs/--minutes; "
+                                              "the same steps and seed give the same weights on one machine)."),
           out_dir: Path = typer.Option(..., "--out", help="Run folder: model.safetensors + config.json."),
           batch: int = typer.Option(8, help="Clips per step."),
           lr: float = typer.Option(2e-3, help="Peak learning rate (cosine schedule)."),
@@ -124,9 +126,9 @@ def train(data: Path = typer.Option(..., help="Dataset root (see --dataset)."),
         raise UserError("--channels must be auto, 1 or 3")
     if batch < 1:
         raise UserError("--batch must be >= 1")
-    if epochs is not None and minutes is not None:
-        raise UserError("give --epochs or --minutes, not both")
-    opts = TrainOptions(preset=preset, epochs=epochs, minutes=minutes, batch=batch, lr=lr, seed=seed,
+    if sum(x is not None for x in (epochs, minutes, steps)) > 1:
+        raise UserError("give one of --epochs, --minutes, --steps")
+    opts = TrainOptions(preset=preset, epochs=epochs, minutes=minutes, steps=steps, batch=batch, lr=lr, seed=seed,
                         channels=channels, resize=resize, resume=resume, threads=threads)
     with _progress() as prog:
         def factory(total_steps, budget_s):

@@ -40,6 +40,7 @@ class TrainOptions:
     preset: str = "tiny"
     epochs: int | None = None
     minutes: float | None = None
+    steps: int | None = None        # optimiser steps (a reproducible budget: same steps, same weights)
     batch: int = 8
     lr: float = 2e-3
     seed: int = 0
@@ -204,10 +205,11 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
           log: Callable[[str], None] = print, progress_factory=None) -> dict:
     """Train, calibrate and save a checkpoint to ``out_dir``; returns the training summary."""
     opts = opts or TrainOptions()
-    if opts.epochs is None and opts.minutes is None:
+    if opts.epochs is None and opts.minutes is None and opts.steps is None:
         opts.epochs = 1
-    if (opts.epochs is not None and opts.epochs < 1) or (opts.minutes is not None and opts.minutes <= 0):
-        raise UserError("--epochs must be >= 1 and --minutes > 0")
+    if (opts.epochs is not None and opts.epochs < 1) or (opts.minutes is not None and opts.minutes <= 0) \
+            or (opts.steps is not None and opts.steps < 1):
+        raise UserError("--epochs and --steps must be >= 1 and --minutes > 0")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output {out_dir} exists and is not a folder")
@@ -243,7 +245,8 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
     if step == 0:  # a resumed run keeps the prior it was trained with
         model.set_appearance_prior(background)
     steps_per_epoch = max(1, len(data.clips) // opts.batch)
-    total_steps = None if opts.epochs is None else step + opts.epochs * steps_per_epoch
+    bounds = [step + n for n in (opts.epochs and opts.epochs * steps_per_epoch, opts.steps) if n]
+    total_steps = min(bounds) if bounds else None
     budget_s = None if opts.minutes is None else opts.minutes * 60.0
     rng = np.random.default_rng(opts.seed + step)
     order: list[int] = []

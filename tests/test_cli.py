@@ -88,7 +88,9 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert not (tmp_path / "y").exists()
     assert_user_error(run_cli("info", "--preset", "huge"), "preset")
     proc = run_cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--epochs", "1", "--minutes", "1")
-    assert_user_error(proc, "not both")
+    assert_user_error(proc, "one of --epochs, --minutes, --steps")
+    proc = run_cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--steps", "0")
+    assert_user_error(proc, "--steps must be >= 1")
 
 
 def test_synth_refuses_non_empty_output(tmp_path):

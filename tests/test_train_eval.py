@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from m2s2l_deploy import metrics
@@ -61,6 +62,17 @@ def test_ablation_has_all_variants(eval_report):
     assert set(ab) == {"appearance-only", "motion-only", "combined", "quality-aware"}
     assert ab["quality-aware"]["auc_micro"] == pytest.approx(eval_report["auc_micro"])
     assert all(0.0 <= v["auc_micro"] <= 1.0 for v in ab.values())
+
+
+def test_fixed_steps_reproduce_the_same_weights(small_scene, tmp_path):
+    """--steps is the reproducible budget the shared test checkpoint uses: two runs, same weights;
+    another seed gives other weights (so the comparison can fail)."""
+    runs = [train(small_scene, tmp_path / name, opts=TrainOptions(steps=3, batch=4, seed=seed), log=lambda *_: None)
+            for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    assert [r["steps"] for r in runs] == [3, 3, 3]
+    a, b, c = (load_checkpoint(tmp_path / n).state for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_resume_continues_steps(small_scene, tmp_path):

@@ -2,7 +2,11 @@
 place fails on correlation / output error; gate arithmetic; bad input.
 
 The test set is three labelled videos (64 frames each) of the seed-1 scene; AUCs are checked
-against scikit-learn on the same scores, errors against NumPy.
+against scikit-learn on the same scores, errors against NumPy. The INT8 test uses the whole seed-1
+test set instead: on 3 x 64 frames with a clean video, per-video min-max stretches the clean video's
+noise to [0, 1], and an INT8 copy that correlates 0.999 with PyTorch moved the paper-protocol micro
+AUC by 0.011-0.020 on two checkpoints (0.004 on the 7 full videos), so the 0.01 gate measured the
+subset's size there, not the quantizer.
 """
 
 from __future__ import annotations
@@ -82,7 +86,12 @@ def test_fp32_onnx_passes(trained_run, fp32_onnx, subset, test_set, reference, t
     assert "PASS" in md and "speed-up" in md and "| gate |" in md
 
 
-def test_int8_qdq_onnx_passes(trained_run, fp32_onnx, scene_train, test_set, reference, tmp_path):
+@pytest.fixture(scope="module")
+def full_test_set(trained_run, scene_test):
+    return load_test_set(scene_test, "auto", make_runner(checkpoint=trained_run).contract, **QUIET)
+
+
+def test_int8_qdq_onnx_passes(trained_run, fp32_onnx, scene_train, full_test_set, tmp_path):
     """Q/DQ INT8 from the engine builder's quantizer (onnxruntime.quantization QDQ, per-channel, no bias
     quantization; scans, frame embedding and reconstruction heads stay fp32), calibrated on clips of
     the training videos, passes the int8 gates."""
@@ -99,7 +108,9 @@ def test_int8_qdq_onnx_passes(trained_run, fp32_onnx, scene_train, test_set, ref
     assert {p.key for p in quantized.metadata_props} >= {"contract", "checkpoint_sha256"}
     runner = make_runner(onnx=out, checkpoint=trained_run, threads=1)
     assert detect_precision(runner)[0] == "int8"
-    rep = candidate_report(out, trained_run, test_set, reference)
+    reference = record_run(make_runner(checkpoint=trained_run, threads=1), full_test_set, batch=16)
+    rep = candidate_report(out, trained_run, full_test_set, reference)
+    assert rep["n_frames"] == sum(len(v.labels) for v in full_test_set)
     assert rep["precision"] == "int8" and rep["passed"], rep["gates"]
     assert rep["output_error"]["frame_score"]["max_abs"] > 1e-3     # really quantized, not fp32 in disguise
 
