@@ -200,19 +200,32 @@ def reading(result: dict) -> str:
     many = [r for r in rows if r["streams"] > 1 and "batching" in r]
     main = next((r for r in many if "1 instance" in r["config"] and "tritonserver" in r["config"]), many[0])
     littles = main["streams"] / main["clips_per_s"] * 1000
+    two = next((r for r in many if "2 instance" in r["config"]), None)
+    if two is None:
+        instances = ""
+    elif two["clips_per_s"] >= 1.1 * main["clips_per_s"]:
+        instances = (f" A second instance gave {two['clips_per_s'] / main['clips_per_s']:.2f}x the clips/s of one: "
+                     "each instance runs ONNX Runtime on one intra-op thread, so two instances can keep both cores busy.")
+    else:
+        instances = (f" A second instance on two cores only splits the batches "
+                     f"({two['clips_per_s'] / main['clips_per_s']:.2f}x the clips/s of one).")
+    pytriton = next((r for r in many if r["config"].startswith("PyTriton")), None)
+    if pytriton is not None:
+        verb = "trails" if pytriton["clips_per_s"] < main["clips_per_s"] else "keeps up with"
+        instances += (" PyTriton runs the runner inside the Python process that also runs the client threads, so it "
+                      f"{verb} the binary ({pytriton['clips_per_s']:.1f} vs {main['clips_per_s']:.1f} clips/s).")
     return (
         f"Reading the numbers: dynamic batching works — with {main['streams']} streams the tritonserver ran "
         f"batches of {main['batching']['mean_batch']:.1f} clips on average (largest "
-        f"{main['batching']['max_batch_seen']}) with no failed request. The throughput gain over one local runner is "
-        f"small ({main['clips_per_s'] / main['baseline_clips_per_s']:.2f}x) because on this CPU a batch costs almost "
-        f"as much per clip as single clips (local batch {result['args']['max_batch']} gave "
-        f"{local8['clips_per_s'] / local1['clips_per_s']:.2f}x batch 1 in the same run) and because the client's "
-        f"{main['streams']} threads, gRPC and the Python backend's inter-process copies share the same two cores "
-        f"(already loaded by other jobs). Latency under load is queueing: {main['streams']} closed-loop streams at "
-        f"{main['clips_per_s']:.1f} clips/s wait {littles:.0f} ms per request by Little's law, against a measured "
-        f"p50 of {main['p50_ms']:.0f} ms. A second instance on two cores only splits the batches. PyTriton runs "
-        "the runner inside the Python process that also runs the client threads, so it trails the binary. What a "
-        "server is for — GPUs, several of them, several machines — cannot be measured on this machine.")
+        f"{main['batching']['max_batch_seen']}) with no failed request. The throughput gain of one instance over one "
+        f"local runner is {main['clips_per_s'] / main['baseline_clips_per_s']:.2f}x: on this CPU a batch costs "
+        f"almost as much per clip as single clips (local batch {result['args']['max_batch']} gave "
+        f"{local8['clips_per_s'] / local1['clips_per_s']:.2f}x batch 1 in the same run), and the client's "
+        f"{main['streams']} threads, gRPC and the Python backend's inter-process copies share the same two cores. "
+        f"Latency under load is queueing: {main['streams']} closed-loop streams at {main['clips_per_s']:.1f} clips/s "
+        f"wait {littles:.0f} ms per request by Little's law, against a measured p50 of {main['p50_ms']:.0f} ms."
+        f"{instances} What a server is for — GPUs, several of them, several machines — cannot be measured on this "
+        "machine.")
 
 
 
