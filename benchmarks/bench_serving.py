@@ -200,20 +200,18 @@ def reading(result: dict) -> str:
     many = [r for r in rows if r["streams"] > 1 and "batching" in r]
     main = next((r for r in many if "1 instance" in r["config"] and "tritonserver" in r["config"]), many[0])
     littles = main["streams"] / main["clips_per_s"] * 1000
+    comparisons = ""  # sentences on the other server rows, worded by what they measured
     two = next((r for r in many if "2 instance" in r["config"]), None)
-    if two is None:
-        instances = ""
-    elif two["clips_per_s"] >= 1.1 * main["clips_per_s"]:
-        instances = (f" A second instance gave {two['clips_per_s'] / main['clips_per_s']:.2f}x the clips/s of one: "
-                     "each instance runs ONNX Runtime on one intra-op thread, so two instances can keep both cores busy.")
-    else:
-        instances = (f" A second instance on two cores only splits the batches "
-                     f"({two['clips_per_s'] / main['clips_per_s']:.2f}x the clips/s of one).")
+    if two is not None:
+        ratio = two["clips_per_s"] / main["clips_per_s"]
+        comparisons += (f" A second instance gave {ratio:.2f}x the clips/s of one: each instance runs ONNX Runtime "
+                        "on one intra-op thread, so two instances can keep both cores busy." if ratio >= 1.1 else
+                        f" A second instance on two cores only splits the batches ({ratio:.2f}x the clips/s of one).")
     pytriton = next((r for r in many if r["config"].startswith("PyTriton")), None)
     if pytriton is not None:
         verb = "trails" if pytriton["clips_per_s"] < main["clips_per_s"] else "keeps up with"
-        instances += (" PyTriton runs the runner inside the Python process that also runs the client threads, so it "
-                      f"{verb} the binary ({pytriton['clips_per_s']:.1f} vs {main['clips_per_s']:.1f} clips/s).")
+        comparisons += (" PyTriton runs the runner inside the Python process that also runs the client threads, so "
+                        f"it {verb} the binary ({pytriton['clips_per_s']:.1f} vs {main['clips_per_s']:.1f} clips/s).")
     return (
         f"Reading the numbers: dynamic batching works — with {main['streams']} streams the tritonserver ran "
         f"batches of {main['batching']['mean_batch']:.1f} clips on average (largest "
@@ -224,7 +222,7 @@ def reading(result: dict) -> str:
         f"{main['streams']} threads, gRPC and the Python backend's inter-process copies share the same two cores. "
         f"Latency under load is queueing: {main['streams']} closed-loop streams at {main['clips_per_s']:.1f} clips/s "
         f"wait {littles:.0f} ms per request by Little's law, against a measured p50 of {main['p50_ms']:.0f} ms."
-        f"{instances} What a server is for — GPUs, several of them, several machines — cannot be measured on this "
+        f"{comparisons} What a server is for — GPUs, several of them, several machines — cannot be measured on this "
         "machine.")
 
 

@@ -245,8 +245,12 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
     if step == 0:  # a resumed run keeps the prior it was trained with
         model.set_appearance_prior(background)
     steps_per_epoch = max(1, len(data.clips) // opts.batch)
-    bounds = [step + n for n in (opts.epochs and opts.epochs * steps_per_epoch, opts.steps) if n]
-    total_steps = min(bounds) if bounds else None
+    limits = []                       # further steps allowed by --epochs and --steps (the tighter wins)
+    if opts.epochs is not None:
+        limits.append(opts.epochs * steps_per_epoch)
+    if opts.steps is not None:
+        limits.append(opts.steps)
+    total_steps = step + min(limits) if limits else None
     budget_s = None if opts.minutes is None else opts.minutes * 60.0
     rng = np.random.default_rng(opts.seed + step)
     order: list[int] = []
