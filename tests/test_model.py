@@ -94,3 +94,30 @@ def test_decorrelation_loss_bounds():
     e2 = torch.zeros(2, 3, 3, 8); e2[..., 1] = 1
     ortho = {"app": e1, "mot": e2, "app_skip": e1, "mot_skip": e2}
     assert decorrelation_loss(ortho).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_temporal_mamba_reads_only_its_strided_frames():
+    """Stride 3 over 8 frames reads frames 1, 4, 7 (ending at the target): other frames change nothing."""
+    from m2s2l_deploy.model.layers import TemporalMamba
+    torch.manual_seed(0)
+    tm = TemporalMamba(8, 4, 2, stride=3).eval()
+    tokens = torch.randn(5, 8, 8)
+    with torch.no_grad():
+        base = tm(tokens)
+        for frame, used in [(0, False), (1, True), (2, False), (3, False), (4, True), (6, False), (7, True)]:
+            moved = tokens.clone()
+            moved[:, frame] += 1.0
+            changed = not torch.allclose(tm(moved), base)
+            assert changed == used, (frame, used)
+
+
+def test_cuda_causal_conv_matches_the_conv1d_node():
+    """The two-multiply-add causal conv used on CUDA equals the Conv1d path (CPU, ONNX, INT8)."""
+    from m2s2l_deploy.model.layers import TemporalMamba, causal_depthwise_conv2
+    torch.manual_seed(0)
+    tm = TemporalMamba(8, 4, 2, stride=1)
+    for steps in (1, 2, 9):
+        x = torch.randn(3, steps, tm.inner)
+        with torch.no_grad():
+            torch.testing.assert_close(causal_depthwise_conv2(x, tm.conv.weight, tm.conv.bias), tm._causal_conv(x),
+                                       rtol=1e-6, atol=1e-6)

@@ -132,17 +132,34 @@ class TemporalMamba(nn.Module):
 
     def forward(self, tokens):
         t = tokens.shape[1]
-        idx = list(range(t - 1, -1, -self.stride))[::-1]
-        seq = tokens[:, idx]                                                 # (N, Ts, C)
+        # A slice, not an index list: a list becomes a host tensor copied to the device on every
+        # call, which CUDA graph capture refuses (found on the H100, docs/gpu.md).
+        seq = tokens[:, (t - 1) % self.stride::self.stride]                  # (N, Ts, C)
         x, z = self.in_proj(seq).chunk(2, dim=-1)
-        x = F.silu(self.conv(F.pad(x.transpose(1, 2), (1, 0))))              # (N, inner, Ts)
-        proj = self.x_proj(x.transpose(1, 2))                                # (N, Ts, R + 2S)
+        x = F.silu(self._causal_conv(x))                                     # (N, Ts, inner)
+        proj = self.x_proj(x)                                                # (N, Ts, R + 2S)
+        x = x.transpose(1, 2)                                                # (N, inner, Ts)
         dt, Bs, Cs = proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)                # bias enters as delta_bias
         y = self.scan(x, delta, -torch.exp(self.A_log), Bs.transpose(1, 2).contiguous(),
                       Cs.transpose(1, 2).contiguous(), self.D, self.dt_proj.bias)
         y_last = y[:, :, -1] * F.silu(z[:, -1])
         return self.out_proj(y_last)
+
+    def _causal_conv(self, x):
+        """Width-2 depthwise causal conv over time of (N, Ts, inner). On CUDA as two multiply-adds:
+        cuDNN's depthwise conv1d kernel took 13% of a paper-preset fp16 call on an H100 (docs/gpu.md).
+        Elsewhere the Conv node that the ONNX exporter and the INT8 quantizer expect."""
+        if x.is_cuda:
+            return causal_depthwise_conv2(x, self.conv.weight, self.conv.bias)
+        return self.conv(F.pad(x.transpose(1, 2), (1, 0))).transpose(1, 2)
+
+
+def causal_depthwise_conv2(x, weight, bias):
+    """y[t] = w0 * x[t-1] + w1 * x[t] + b per channel, x[-1] = 0; x (N, T, C), weight (C, 1, 2)."""
+    w = weight[:, 0].to(x.dtype)
+    prev = F.pad(x, (0, 0, 1, 0))[:, :-1]
+    return torch.addcmul(torch.addcmul(bias.to(x.dtype), x, w[:, 1]), prev, w[:, 0])
 
 
 class MultiTemporal(nn.Module):
