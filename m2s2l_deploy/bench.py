@@ -539,7 +539,7 @@ def bench_video(runner, video, *, batch: int = 1, max_frames: int | None = None,
 
 
 def run_bench(video, *, checkpoint=None, onnx=None, engine=None, backend: str | None = None, device: str = "cpu",
-              threads: int | None = None, dtype: str = "fp32", cuda_graph: bool = False,
+              threads: int | None = None, dtype: str = "fp32", cuda_graph: bool = False, compile: bool = False,
               batch: int = 1, max_frames: int | None = None, threshold="auto",
               min_frames: int = DEFAULT_MIN_FRAMES, merge_gap: int = DEFAULT_MERGE_GAP, warmup: int = 3,
               json_out=None, scores_csv=None, plot=None, annotate=None, allow_truncated: bool = False,
@@ -563,7 +563,7 @@ def run_bench(video, *, checkpoint=None, onnx=None, engine=None, backend: str | 
     video_info(video)                      # a bad video fails before the model is loaded
     if runner is None:
         runner = make_runner(checkpoint=checkpoint, onnx=onnx, engine=engine, backend=backend, device=device,
-                             threads=threads, dtype=dtype, cuda_graph=cuda_graph)
+                             threads=threads, dtype=dtype, cuda_graph=cuda_graph, compile=compile)
     result = bench_video(runner, video, batch=batch, max_frames=max_frames, threshold=threshold,
                          min_frames=min_frames, merge_gap=merge_gap, warmup=warmup, annotate=annotate,
                          allow_truncated=allow_truncated, progress=progress, log=log)

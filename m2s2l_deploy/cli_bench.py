@@ -120,6 +120,7 @@ def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Vid
           threads: Optional[int] = typer.Option(None, help="CPU threads for torch / ONNX Runtime (default: their choice)."),
           dtype: str = typer.Option("fp32", help="PyTorch runner on cuda: fp32|fp16|bf16 (autocast; the scan state stays fp32)."),
           cuda_graph: bool = typer.Option(False, "--cuda-graph", help="PyTorch runner on cuda: replay a captured CUDA graph per batch shape."),
+          compile: bool = typer.Option(False, "--compile", help="PyTorch runner on cuda: torch.compile the forward (about a minute per batch shape; combine with --cuda-graph)."),
           batch: int = typer.Option(1, help="Clips per inference call: 1 = live latency; larger trades latency for throughput."),
           max_frames: Optional[int] = typer.Option(None, help="Decode at most this many frames of the video."),
           threshold: str = typer.Option("auto", help="Alert threshold: auto (calibrated on normal footage, stored with the model), a number, or none."),
@@ -152,7 +153,7 @@ def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Vid
 
     with _progress() as prog:
         summary = run_bench(videos[0], checkpoint=checkpoint, onnx=onnx, engine=engine, backend=backend, device=device,
-                            threads=threads, dtype=dtype, cuda_graph=cuda_graph, batch=batch, max_frames=max_frames, threshold=thr, min_frames=min_frames,
+                            threads=threads, dtype=dtype, cuda_graph=cuda_graph, compile=compile, batch=batch, max_frames=max_frames, threshold=thr, min_frames=min_frames,
                             merge_gap=merge_gap, warmup=warmup, json_out=json_out, scores_csv=scores_csv, plot=plot,
                             annotate=annotate, allow_truncated=allow_truncated, progress=_bench_progress(prog),
                             log=console.print)

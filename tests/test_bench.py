@@ -239,6 +239,12 @@ def test_bench_on_real_footage(trained_run, onnx_files, tmp_path):
     assert s["fps_e2e"] > 0 and s["fps_model"] > 0 and s["threshold"] is not None
 
 
+@pytest.mark.parametrize("flag", [["--cuda-graph"], ["--compile"], ["--dtype", "fp16"]])
+def test_bench_refuses_torch_runner_options_for_onnx(synth_video, onnx_files, flag):
+    path, _ = synth_video
+    assert_user_error(run_cli("bench", path, "--onnx", onnx_files["whole"], *flag), "options of the PyTorch runner")
+
+
 def test_bench_refuses_several_videos_without_server(synth_video, trained_run):
     path, _ = synth_video
     assert_user_error(run_cli("bench", path, path, "--checkpoint", trained_run), "--server")

@@ -366,6 +366,7 @@ def _clips(batch=2, seed=0):
     (dict(dtype="fp16"), "dtype fp16: CUDA only"),
     (dict(dtype="bf16"), "dtype bf16: CUDA only"),
     (dict(cuda_graph=True), "CUDA graphs: CUDA only"),
+    (dict(compile=True), "torch.compile: CUDA only"),
     (dict(device="cuda"), "sees no CUDA GPU"),
     (dict(dtype="fp8"), "unknown dtype"),
     (dict(device="gpu"), "unknown device"),
@@ -438,6 +439,18 @@ def test_cuda_runner_graph_and_half_precision(tiny_checkpoint):
         np.testing.assert_allclose(again[k], eager[k][::-1], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(half[k], ref[k], rtol=5e-2, atol=5e-2)
 
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_runner_compile_matches_eager(tiny_checkpoint):
+    from m2s2l_deploy.runners import TorchRunner
+    clips = _clips(batch=2)
+    eager = TorchRunner(tiny_checkpoint, device="cuda").infer(clips)
+    runner = TorchRunner(tiny_checkpoint, device="cuda", compile=True, cuda_graph=True)
+    assert runner.name == "torch-cuda-compile-graph"
+    compiled = runner.infer(clips)
+    for k in ("pred_frame", "frame_score"):
+        np.testing.assert_allclose(compiled[k], eager[k], rtol=1e-4, atol=1e-5)
 
 if __name__ == "__main__":
     mode, out_dir = sys.argv[1], Path(sys.argv[2])

@@ -39,18 +39,23 @@ def _check_device(device: str) -> str:
 
 
 def make_runner(checkpoint=None, onnx=None, engine=None, backend: str | None = None, device: str = "cpu",
-                threads: int | None = None, dtype: str = "fp32", cuda_graph: bool = False):
+                threads: int | None = None, dtype: str = "fp32", cuda_graph: bool = False, compile: bool = False):
     """A Runner for the given model form.
 
     - ``engine``: ``TensorRTRunner(plan, checkpoint, device)`` (tensorrt or tensorrt_rtx, GPU only);
     - ``onnx``: ``OnnxRunner`` with providers by availability (CUDA first when device is cuda);
       a ``--split`` pair runs as the streaming runner; ``checkpoint`` is checked against the
       weights hash recorded at export;
-    - otherwise ``TorchRunner(checkpoint, device, dtype=, cuda_graph=)`` (fp16/bf16 and CUDA graphs
-      are CUDA-only; the torch runner refuses them on CPU in one line).
+    - otherwise ``TorchRunner(checkpoint, device, dtype=, cuda_graph=, compile=)`` (fp16/bf16, CUDA
+      graphs and torch.compile are CUDA-only; the torch runner refuses them on CPU in one line).
     """
     kind = infer_backend(checkpoint, onnx, engine, backend)
     device = _check_device(device)
+    torch_only = [name for name, on in (("--dtype " + str(dtype), dtype != "fp32"), ("--cuda-graph", cuda_graph),
+                                        ("--compile", compile)) if on]
+    if kind != "torch" and torch_only:
+        raise UserError(f"{', '.join(torch_only)}: options of the PyTorch runner, not of the {kind} runner "
+                        "(an ONNX or engine file carries its own precision)")
     if kind == "tensorrt":
         if device == "cpu":
             device = "cuda"
@@ -81,7 +86,7 @@ def make_runner(checkpoint=None, onnx=None, engine=None, backend: str | None = N
     if threads:
         import torch
         torch.set_num_threads(int(threads))
-    return TorchRunner(checkpoint, device=device, dtype=dtype, cuda_graph=cuda_graph)
+    return TorchRunner(checkpoint, device=device, dtype=dtype, cuda_graph=cuda_graph, compile=compile)
 
 
 def describe_machine(runner=None) -> dict:

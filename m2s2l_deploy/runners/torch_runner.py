@@ -5,6 +5,9 @@ kernel (``scan.selective_scan_fn`` picks it under ``inference_mode``), ``dtype``
 the convolutions and matmuls under autocast (norms, softmax-like reductions, the score and the scan
 state stay fp32), and ``cuda_graph`` records the whole forward once per input shape and replays
 it, which removes the launch overhead of the model's hundreds of small kernels at batch 1.
+``compile`` runs the forward through ``torch.compile`` (Inductor fuses the norms, casts, copies and
+pointwise ops between the scans): on an H100 `paper` batch 1 with a graph went from 4.6 to 3.1 ms
+per clip, at the price of about a minute of compilation per input shape (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -25,19 +28,22 @@ class TorchRunner:
     device: "cpu", "cuda" or "cuda:N". dtype: "fp32" | "fp16" | "bf16" (16-bit only on CUDA,
     through autocast). cuda_graph: capture one CUDA graph per input shape (batch) on first use and
     replay it (CUDA only; the input is copied into the graph's static buffer each call).
+    compile: ``torch.compile`` the forward, once per input shape on first use (CUDA only: it was
+    measured there; on a small CPU the compilation takes minutes and was not measured).
     """
 
     def __init__(self, checkpoint: Checkpoint | str, device: str = "cpu", extras: bool = False,
-                 dtype: str = "fp32", cuda_graph: bool = False):
+                 dtype: str = "fp32", cuda_graph: bool = False, compile: bool = False):
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
         try:
             self.device = torch.device(device)
         except RuntimeError:
             raise UserError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from None
-        if self.device.type != "cuda" and (dtype != "fp32" or cuda_graph):
+        if self.device.type != "cuda" and (dtype != "fp32" or cuda_graph or compile):
             wanted = " and ".join(x for x in (f"dtype {dtype}" if dtype != "fp32" else "",
-                                              "CUDA graphs" if cuda_graph else "") if x)
+                                              "CUDA graphs" if cuda_graph else "",
+                                              "torch.compile" if compile else "") if x)
             raise UserError(f"{wanted}: CUDA only, and this runner is on {self.device} (use device cuda or fp32)")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("device cuda requested but PyTorch sees no CUDA GPU here (use device cpu)")
@@ -47,16 +53,17 @@ class TorchRunner:
         self.extras = extras
         self.dtype = dtype
         self.cuda_graph = cuda_graph
+        self._outputs = torch.compile(self.model.outputs, dynamic=False) if compile else self.model.outputs
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None
         suffix = "" if dtype == "fp32" else f"-{dtype}"
-        self.name = f"torch-{self.device.type}{suffix}{'-graph' if cuda_graph else ''}"
+        self.name = f"torch-{self.device.type}{suffix}{'-compile' if compile else ''}{'-graph' if cuda_graph else ''}"
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's deployed outputs for a device tensor (no host synchronisation inside)."""
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype],
                                                     enabled=self.dtype != "fp32"):
-            out = self.model.outputs(x)
+            out = self._outputs(x)
             wanted = list(OUTPUT_NAMES) + (["components"] if self.extras else [])
             return {k: out[k] for k in wanted}
 
