@@ -13,6 +13,10 @@ timeout); every step writes a JSON and prints its table, so a failed step loses 
   table   `tiny`: PyTorch with the parallel scan (the CUDA path before the kernel) vs Triton, batch
           1; `paper`: Triton and Triton + CUDA graphs at batch 1 and 32, fp32 and fp16 (FPS, ms per
           call, ms per clip). Random weights (speed does not depend on them).
+  compile rows of the table again with TorchRunner(compile=True) (torch.compile): compilation
+          time, difference from eager, speed.
+  profile `paper` fp16 batch 32 under torch.profiler: the GPU kernels that take the time (self CUDA
+          time, share of the total), so a missed FPS goal says where the time went.
   report  merge the step JSONs of a folder, print the tables (Markdown, ready for
           docs/benchmarks.md) and the issue's goals, write bench_gpu.json.
 
@@ -197,6 +201,12 @@ def step_floor(args) -> dict:
     return result
 
 
+def _save_partial(args, data: dict) -> None:
+    """Write the rows measured so far, so a step stopped at its time limit keeps them."""
+    if getattr(args, "json", None) and getattr(args, "info", None):
+        atomic_write_json(args.json, {"device": args.info, args.step: {**data, "partial": True}})
+
+
 # -- model table ---------------------------------------------------------------------------------
 
 def table_rows(smoke: bool):
@@ -213,36 +223,138 @@ def table_rows(smoke: bool):
     return rows
 
 
-def step_table(args) -> dict:
-    cuda = not args.smoke
-    device = "cuda" if cuda else "cpu"
-    rows = []
-    for preset, batch, dtype, graph, form, label in table_rows(args.smoke):
-        row = dict(preset=preset, batch=batch, dtype=dtype, cuda_graph=graph, engine=label)
-        runner = None
+def _random_model(preset: str, batch: int, dtype: str, graph: bool, device: str, compile: bool = False):
+    """A TorchRunner with random weights (speed does not depend on them) and one clip batch on device."""
+    torch.manual_seed(0)
+    cfg = preset_config(preset)
+    contract = InputContract(cfg.height, cfg.width, cfg.in_channels, clip_len=cfg.clip_len)
+    runner = TorchRunner(Checkpoint(Path(f"random-{preset}"), cfg, contract), device=device, dtype=dtype,
+                         cuda_graph=graph, compile=compile)
+    x = torch.rand(batch, cfg.clip_len, cfg.in_channels, cfg.height, cfg.width, device=device) * 2 - 1
+    return runner, x
+
+
+def _measure_rows(args, step: str, rows: list[dict], measure) -> dict:
+    """measure(row) fills each row; a failure becomes the row's error and the next row still runs."""
+    done = []
+    for row in rows:
         try:
-            torch.manual_seed(0)
-            cfg = preset_config(preset)
-            contract = InputContract(cfg.height, cfg.width, cfg.in_channels, clip_len=cfg.clip_len)
-            runner = TorchRunner(Checkpoint(Path(f"random-{preset}"), cfg, contract), device=device, dtype=dtype,
-                                 cuda_graph=graph)
-            x = torch.rand(batch, cfg.clip_len, cfg.in_channels, cfg.height, cfg.width, device=device) * 2 - 1
-            iters = (20 if batch == 1 else 10) if cuda else 1
-            with scan.use_scan_form(form):
-                t = timed(lambda: runner.run_device(x), 3 if cuda else 0, iters, cuda)
-            row.update(t, fps=batch / (t["ms"] * 1e-3), ms_per_clip=t["ms"] / batch)
-            if cuda:
-                row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            measure(row)
         except Exception as exc:
             row.update(error=f"{type(exc).__name__}: {exc}"[:300])
             traceback.print_exc()
-        rows.append(row)
-        print(f"  table {row}", flush=True)
-        del runner
-        if cuda:
+        done.append(row)
+        _save_partial(args, {"rows": done})
+        print(f"  {step} {row}", flush=True)
+        if not args.smoke:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-    return {"rows": rows}
+    return {"rows": done}
+
+
+def _iters(batch: int, cuda: bool) -> tuple[int, int]:
+    """(warm-ups, timed calls)."""
+    return (3, 20 if batch == 1 else 10) if cuda else (0, 1)
+
+
+def step_table(args) -> dict:
+    cuda = not args.smoke
+    device = "cuda" if cuda else "cpu"
+
+    def measure(row):
+        form = row.pop("form")
+        runner, x = _random_model(row["preset"], row["batch"], row["dtype"], row["cuda_graph"], device)
+        with scan.use_scan_form(form):
+            t = timed(lambda: runner.run_device(x), *_iters(row["batch"], cuda), cuda)
+        row.update(t, fps=row["batch"] / (t["ms"] * 1e-3), ms_per_clip=t["ms"] / row["batch"])
+        if cuda:
+            row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    rows = [dict(preset=preset, batch=batch, dtype=dtype, cuda_graph=graph, engine=label, form=form)
+            for preset, batch, dtype, graph, form, label in table_rows(args.smoke)]
+    return _measure_rows(args, "table", rows, measure)
+
+
+# -- torch.compile ---------------------------------------------------------------------------------
+
+def compile_rows(smoke: bool):
+    """(preset, batch, dtype, cuda graph, label): rows of the table again under torch.compile
+    (Inductor fuses the norms, casts, copies and pointwise ops around the scans)."""
+    if smoke:        # TorchRunner(compile=True) is CUDA-only: nothing to check on a CPU
+        return []
+    return [("tiny", 1, "fp32", True, "triton + compile + graph"),
+            ("paper", 1, "fp16", True, "triton + compile + graph"),
+            ("paper", 32, "fp16", False, "triton + compile"),
+            ("paper", 32, "fp16", True, "triton + compile + graph")]
+
+
+def step_compile(args) -> dict:
+    """TorchRunner(compile=True): compilation time, agreement with eager, speed."""
+    import torch._dynamo
+    cuda = not args.smoke
+    device = "cuda" if cuda else "cpu"
+
+    def measure(row):
+        torch._dynamo.reset()
+        runner, x = _random_model(row["preset"], row["batch"], row["dtype"], row["cuda_graph"], device, compile=True)
+        eager = runner.model.outputs
+        started = time.perf_counter()
+        first = runner.run_device(x)["frame_score"].float().clone()
+        if cuda:
+            torch.cuda.synchronize()
+        row["first_call_s"] = round(time.perf_counter() - started, 1)
+        with torch.inference_mode():
+            ref = eager(x)["frame_score"].float()
+        row["max_abs_diff_vs_eager"] = float((first - ref).abs().max())
+        t = timed(lambda: runner.run_device(x), *_iters(row["batch"], cuda), cuda)
+        row.update(t, fps=row["batch"] / (t["ms"] * 1e-3), ms_per_clip=t["ms"] / row["batch"])
+        row["graphs_compiled"] = int(torch._dynamo.utils.counters["stats"].get("unique_graphs", 0))
+
+    rows = [dict(preset=preset, batch=batch, dtype=dtype, cuda_graph=graph, engine=label)
+            for preset, batch, dtype, graph, label in compile_rows(args.smoke)]
+    return _measure_rows(args, "compile", rows, measure)
+
+
+# -- profile -------------------------------------------------------------------------------------
+
+def step_profile(args) -> dict:
+    """Where a paper fp16 batch-32 call spends GPU time: the top kernels by self CUDA time."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = not args.smoke
+    device = "cuda" if cuda else "cpu"
+    preset, batch, dtype = ("tiny", 1, "fp32") if args.smoke else ("paper", 32, "fp16")
+    runner, x = _random_model(preset, batch, dtype, False, device)
+    calls = 3 if cuda else 1
+    for _ in range(2 if cuda else 0):
+        runner.run_device(x)
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(calls):
+            runner.run_device(x)
+        if cuda:
+            torch.cuda.synchronize()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    if cuda and kernels:   # kernels only: host-side operator rows would count the same time twice
+        events = kernels
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    rows = [dict(kernel=e.key[:90], calls=e.count // calls, ms_per_call=getattr(e, attr) / 1e3 / calls,
+                 share=getattr(e, attr) / total) for e in events[:14]]
+    # The same time by operator and input shape: names the model line behind an anonymous kernel.
+    ops = [e for e in prof.key_averages(group_by_input_shape=True)
+           if e.key.startswith("aten::") and getattr(e, attr, 0) > 0 and getattr(e, "device_type", None) != torch.autograd.DeviceType.CUDA]
+    ops.sort(key=lambda e: getattr(e, attr), reverse=True)
+    op_rows = [dict(op=e.key, shapes=str(e.input_shapes)[:120], calls=e.count // calls,
+                    ms_per_call=getattr(e, attr) / 1e3 / calls, share=getattr(e, attr) / total) for e in ops[:14]]
+    for r in rows + op_rows:
+        print(f"  profile {r}", flush=True)
+    return {"preset": preset, "batch": batch, "dtype": dtype, "total_ms_per_call": total / 1e3 / calls, "ops": op_rows,
+            "what": "GPU kernel time" if cuda and kernels else "CPU operator time (smoke: not a measurement)",
+            "kernels": len(events), "rows": rows}
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -259,9 +371,11 @@ def render(results: dict) -> str:
              f"{info.get('auto_scan_form_on_cuda', '?')}."]
     if info.get("smoke"):
         lines.append("\n**Smoke run on CPU through Triton's interpreter: these numbers are not measurements.**")
-    for step in ("parity", "floor", "table"):
+    for step in ("parity", "floor", "table", "compile", "profile"):
         if step not in results:
             lines.append(f"\n{step}: no result (the step failed or timed out: see device_check.log).")
+        elif results[step].get("partial"):
+            lines.append(f"\n{step}: partial result (the step stopped before its last row: see device_check.log).")
     par = results.get("parity")
     if par:
         lines += ["", "Kernel parity on the device (max |y - ref| / max |ref|):", "",
@@ -287,24 +401,51 @@ def render(results: dict) -> str:
             lines.append(f"| {r['config']} | {r['block_d']} | {r['block_t']} | {r['num_warps']} | {r['stages']} | "
                          f"{r.get('n_regs', '-')} | {r['ms']:.3f} | {r['GBps']:.0f} | {100 * r['frac_floor']:.0f}% | "
                          f"{100 * r['frac_nominal']:.0f}% |")
+    def model_rows(rows, cells, n_cells):
+        """One Markdown row per model measurement: preset, batch, dtype, engine, then cells(row)."""
+        for r in rows:
+            head = f"| {r['preset']} | {r['batch']} | {r['dtype']} | {r['engine']} | "
+            if "error" in r:
+                lines.append(head + f"failed: {r['error'][:80]} |" + " |" * (n_cells - 1))
+            else:
+                lines.append(head + " | ".join(cells(r)) + " |")
+
     tab = results.get("table")
     if tab:
         lines += ["", "Model, PyTorch CUDA runner (`TorchRunner.run_device`, input already on the GPU, random weights; "
                   "median after 3 warm-ups, CUDA events; fp16 = autocast):", "",
                   "| preset | batch | dtype | engine | ms / call | ms / clip | FPS | peak GiB |", "|---|---|---|---|---|---|---|---|"]
-        for r in tab["rows"]:
-            if "error" in r:
-                lines.append(f"| {r['preset']} | {r['batch']} | {r['dtype']} | {r['engine']} | failed: {r['error'][:80]} | | | |")
-                continue
-            lines.append(f"| {r['preset']} | {r['batch']} | {r['dtype']} | {r['engine']} | {r['ms']:.2f} | "
-                         f"{r['ms_per_clip']:.3f} | {r['fps']:.0f} | {r.get('peak_mem_gib', '-')} |")
+        model_rows(tab["rows"], lambda r: [f"{r['ms']:.2f}", f"{r['ms_per_clip']:.3f}", f"{r['fps']:.0f}",
+                                           f"{r.get('peak_mem_gib', '-')}"], 4)
+    com = results.get("compile")
+    if com and com["rows"]:
+        lines += ["", "The same runner with `compile=True` (`torch.compile`, Inductor, `dynamic=False`). "
+                  "First call = compilation + run:", "",
+                  "| preset | batch | dtype | engine | first call s | max abs diff vs eager (score) | ms / call | ms / clip | FPS |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        model_rows(com["rows"], lambda r: [f"{r['first_call_s']}", f"{r['max_abs_diff_vs_eager']:.1e}", f"{r['ms']:.2f}",
+                                           f"{r['ms_per_clip']:.3f}", f"{r['fps']:.0f}"], 5)
+    pro = results.get("profile")
+    if pro and pro.get("rows"):
+        lines += ["", f"Where the time goes: {pro['preset']} {pro['dtype']} batch {pro['batch']}, torch.profiler, "
+                  f"{pro['total_ms_per_call']:.2f} ms of {pro.get('what', 'GPU kernel time')} per call in {pro['kernels']} "
+                  "distinct kernels; "
+                  "the largest:", "", "| kernel | launches / call | ms / call | share |", "|---|---|---|---|"]
+        for r in pro["rows"]:
+            name = r["kernel"].replace("|", "/")
+            lines.append(f"| `{name}` | {r['calls']} | {r['ms_per_call']:.3f} | {100 * r['share']:.1f}% |")
+        if pro.get("ops"):
+            lines += ["", "The same time by operator and input shapes (self time of the kernels each operator launched):", "",
+                      "| operator | input shapes | calls / call | ms / call | share |", "|---|---|---|---|---|"]
+            for r in pro["ops"]:
+                lines.append(f"| `{r['op']}` | `{r['shapes']}` | {r['calls']} | {r['ms_per_call']:.3f} | {100 * r['share']:.1f}% |")
     lines += ["", "Goals of issue #6 (measured, not asserted):"]
     best_floor = max((r.get("frac_floor", 0) for r in (flo or {}).get("rows", [])), default=None)
     lines.append(f"- kernel >= 60% of the memory floor: best {_fmt(100 * best_floor if best_floor else None, '.0f')}%")
     for text, pick, key, goal, better in [
             ("paper fp16 batch 32 >= 2000 FPS", ("paper", 32, "fp16"), "fps", 2000, max),
             ("paper batch 1 <= 3 ms per clip", ("paper", 1, None), "ms_per_clip", 3.0, min)]:
-        vals = [r[key] for r in (tab or {}).get("rows", []) if key in r and (r["preset"], r["batch"]) == pick[:2]
+        vals = [r[key] for r in (tab or {}).get("rows", []) + (com or {}).get("rows", []) if key in r and (r["preset"], r["batch"]) == pick[:2]
                 and (pick[2] is None or r["dtype"] == pick[2])]
         best = better(vals) if vals else None
         met = best is not None and (best >= goal if better is max else best <= goal)
@@ -314,7 +455,7 @@ def render(results: dict) -> str:
 
 def report(folder: Path) -> dict:
     results = {}
-    for name in ("parity", "floor", "table"):
+    for name in ("parity", "floor", "table", "compile", "profile"):
         path = folder / f"{name}.json"
         if path.exists():
             data = json.loads(path.read_text())
@@ -325,9 +466,9 @@ def report(folder: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--step", choices=["parity", "floor", "table"])
+    ap.add_argument("--step", choices=["parity", "floor", "table", "compile", "profile"])
     ap.add_argument("--json", type=Path, help="where the step writes its JSON")
-    ap.add_argument("--report", type=Path, metavar="DIR", help="merge DIR/{parity,floor,table}.json, print, write DIR/bench_gpu.json")
+    ap.add_argument("--report", type=Path, metavar="DIR", help="merge DIR/{parity,floor,table,compile,profile}.json, print, write DIR/bench_gpu.json")
     ap.add_argument("--markdown", type=Path, help="with --report: also write the tables to this Markdown file")
     ap.add_argument("--smoke", action="store_true", help="CPU + TRITON_INTERPRET=1, tiny sizes: checks the script, measures nothing")
     args = ap.parse_args(argv)
@@ -351,10 +492,11 @@ def main(argv=None) -> int:
         if not scan_triton.interpreted():
             print("error: --smoke needs TRITON_INTERPRET=1 in the environment", file=sys.stderr)
             return 2
-    info = device_info(args.smoke)
+    info = args.info = device_info(args.smoke)
     print(f"== {args.step} on {info['card']} (torch {info['torch']}, triton {info['triton']})", flush=True)
     started = time.perf_counter()
-    data = {"parity": step_parity, "floor": step_floor, "table": step_table}[args.step](args)
+    data = {"parity": step_parity, "floor": step_floor, "table": step_table, "compile": step_compile,
+            "profile": step_profile}[args.step](args)
     data["seconds"] = round(time.perf_counter() - started, 1)
     results = {"device": info, args.step: data}
     print(render(results))

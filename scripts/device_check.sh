@@ -2,12 +2,12 @@
 # One prepared device call for issue #6 (OpenAI-Triton selective scan, CUDA runner): <= 6 minutes.
 #
 #   kernel parity on the GPU  ->  CUDA tests of tests/test_triton_scan.py  ->  memory-floor test
-#   ->  model table  ->  one merged report (printed even when a step failed), JSON + logs in $OUT.
+#   ->  model table  ->  torch.compile rows  ->  kernel profile  ->  one merged report (printed even when a step failed), JSON + logs in $OUT.
 #
 # Runs from the repository root with PYTHONPATH=. against the machine's own packages (torch, triton,
 # pytest: nothing is carried). Each step has its own time limit; a failed or timed-out step is
 # reported and the next one still runs. Exit: 0 all steps passed, 1 a step failed, 2 no CUDA device.
-# Through the device tool (docs/gpu.md):  command "bash scripts/device_check.sh", timeout_s 420.
+# Through the device tool (docs/gpu.md):  command "bash scripts/device_check.sh", timeout_s 600.
 # `bash scripts/device_check.sh --smoke` runs the same steps on a CPU through Triton's interpreter
 # with tiny sizes (checks this script; its numbers are not measurements, and steps may time out).
 set -euo pipefail
@@ -39,9 +39,11 @@ fi
 } 2>&1 | tee -a "$LOG"
 
 status=0
+STEPS=${STEPS:-parity pytest-cuda floor table compile profile}   # e.g. STEPS="table profile" to rerun some
 step() {   # step NAME LIMIT_SECONDS COMMAND...
     local name=$1 limit=$2 start rc
     shift 2
+    case " $STEPS " in *" $name "*) ;; *) echo "== $name skipped (STEPS)" | tee -a "$LOG"; return 0 ;; esac
     start=$SECONDS
     echo "== $name (limit ${limit}s)" | tee -a "$LOG"
     if timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$LOG"; then
@@ -55,9 +57,11 @@ step() {   # step NAME LIMIT_SECONDS COMMAND...
 }
 
 step parity 75 "$PY" benchmarks/bench_gpu.py --step parity --json "$OUT/parity.json" ${SMOKE[@]+"${SMOKE[@]}"}
-step pytest-cuda 60 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_triton_scan.py -k cuda
+step pytest-cuda 150 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_triton_scan.py -k cuda
 step floor 45 "$PY" benchmarks/bench_gpu.py --step floor --json "$OUT/floor.json" ${SMOKE[@]+"${SMOKE[@]}"}
 step table 150 "$PY" benchmarks/bench_gpu.py --step table --json "$OUT/table.json" ${SMOKE[@]+"${SMOKE[@]}"}
+step compile 200 "$PY" benchmarks/bench_gpu.py --step compile --json "$OUT/compile.json" ${SMOKE[@]+"${SMOKE[@]}"}
+step profile 45 "$PY" benchmarks/bench_gpu.py --step profile --json "$OUT/profile.json" ${SMOKE[@]+"${SMOKE[@]}"}
 
 echo "== report" | tee -a "$LOG"
 timeout 20 "$PY" benchmarks/bench_gpu.py --report "$OUT" --markdown "$OUT/report.md" 2>&1 | tee -a "$LOG" || true
