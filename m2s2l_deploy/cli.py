@@ -343,9 +343,13 @@ def _demo_deploy(run: Path, train_set: Path, test_set: Path, workdir: Path, test
                   f"{r['candidate']['ms_per_clip']:.1f} ({r['speedup']:.2f}x)",
                   "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]")
     out.print(t)
+    for name, r in reports.items():
+        for w in r["warnings"]:
+            console.print(f"[yellow]validate {name}: {w}[/yellow]", highlight=False)
     result = {"onnx": str(fp32), "int8_onnx": str(int8),
               "validate": {k: {kk: r[kk] for kk in ("passed", "precision", "reference", "candidate", "delta_auc",
-                                                     "correlation", "speedup", "gates")} for k, r in reports.items()}}
+                                                     "delta_auc_resolution", "warnings", "correlation", "speedup",
+                                                     "gates")} for k, r in reports.items()}}
     result["engine"] = _demo_engine(fp32, workdir)
     video = workdir / "bench-cyclist.avi"
     labels = render_video_file(video, seed=test_seed + 100, n_frames=120, events=("cyclist",))

@@ -205,6 +205,24 @@ def test_gate_limits_follow_precision():
     assert not compare(r_ref, fake_record(nan), videos, "fp16")["passed"]
 
 
+def test_delta_auc_resolution_warns_when_the_set_is_too_small_for_the_gate():
+    """Small score errors on 2 short videos (one clean, stretched to [0, 1] by min-max) move ΔAUC by
+    more than the fp16 limit: a warning. The same error level on 6 long well-separated videos does
+    not; identical scores resolve to exactly 0."""
+    from m2s2l_deploy.validate import delta_auc_resolution, markdown_report
+    rng = np.random.default_rng(1)
+    small = {"anom": (np.arange(60) >= 40).astype(np.uint8), "clean": np.zeros(60, np.uint8)}
+    big = {f"v{i}": (np.arange(400) % 50 < 10).astype(np.uint8) for i in range(6)}
+    for labels, sep, warned in ((small, 3.0, True), (big, 6.0, False)):
+        ref = {k: rng.normal(size=len(v)) + sep * v for k, v in labels.items()}
+        cand = {k: s + 0.05 * rng.normal(size=len(s)) for k, s in ref.items()}
+        assert delta_auc_resolution(ref, ref, labels) == 0.0
+        report = compare(fake_record(ref, "torch"), fake_record(cand, "cand"), fake_videos(labels), "fp16")
+        assert (report["delta_auc_resolution"] >= GATE_LIMITS["fp16"]["delta_auc"]) == warned
+        assert bool(report["warnings"]) == warned
+        assert ("cannot resolve the ΔAUC gate" in markdown_report(report)) == warned
+
+
 def test_error_stats_definition():
     ref = np.array([0.0, 1.0, -2.0, 10.0])
     cand = ref + np.array([0.1, 0.0, 0.2, -1.0])
