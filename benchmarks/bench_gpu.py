@@ -203,7 +203,7 @@ def step_floor(args) -> dict:
 
 def _save_partial(args, data: dict) -> None:
     """Write the rows measured so far, so a step stopped at its time limit keeps them."""
-    if getattr(args, "json", None) and getattr(args, "info", None):
+    if args.json is not None:          # args.info: set by main() before any step runs
         atomic_write_json(args.json, {"device": args.info, args.step: {**data, "partial": True}})
 
 

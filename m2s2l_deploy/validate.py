@@ -200,10 +200,11 @@ def delta_auc_resolution(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]
         return paper, roc_auc_score(y, np.concatenate(per_video))
 
     base = micro(r)
+    flat = np.concatenate(r)
     rng = np.random.default_rng(seed)
     moved = []
     for _ in range(draws):
-        shifted = np.split(np.concatenate(r) + rng.permutation(diffs), cuts)
+        shifted = np.split(flat + rng.permutation(diffs), cuts)
         moved.append(max(abs(a - b) for a, b in zip(micro(shifted), base)))
     return float(np.quantile(moved, 0.95))
 
