@@ -118,6 +118,7 @@ def train(data: Path = typer.Option(..., help="Dataset root (see --dataset)."),
           resize: str = typer.Option("stretch", help="stretch|letterbox to the preset's size."),
           resume: bool = typer.Option(False, help="Continue the run in --out (weights and optimiser state)."),
           threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+          device: str = typer.Option("cpu", help="cpu (scans by the Numba form when Numba is installed) | cuda | cuda:N."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Write the training summary as JSON.")):
     """Train M2S2L on normal footage; the last training video calibrates the score."""
     from .train import TrainOptions, train as run_train
@@ -129,7 +130,7 @@ def train(data: Path = typer.Option(..., help="Dataset root (see --dataset)."),
     if sum(x is not None for x in (epochs, minutes, steps)) > 1:
         raise UserError("give one of --epochs, --minutes, --steps")
     opts = TrainOptions(preset=preset, epochs=epochs, minutes=minutes, steps=steps, batch=batch, lr=lr, seed=seed,
-                        channels=channels, resize=resize, resume=resume, threads=threads)
+                        channels=channels, resize=resize, resume=resume, threads=threads, device=device)
     with _progress() as prog:
         def factory(total_steps, budget_s):
             return _train_progress(prog, total_steps, budget_s)
@@ -167,11 +168,11 @@ def _ablation_table(report: dict) -> Table | None:
 
 
 def run_evaluate(checkpoint: Path, data: Path, dataset: str, batch: int, smooth: float,
-                 plots: Path | None, runner=None) -> dict:
+                 plots: Path | None, runner=None, device: str = "cpu") -> dict:
     from .evaluate import evaluate as run_eval
     from .runners import TorchRunner
 
-    runner = runner if runner is not None else TorchRunner(checkpoint, extras=True)
+    runner = runner if runner is not None else TorchRunner(checkpoint, device=device, extras=True)
     with _progress() as prog:
         def factory(total):
             task = prog.add_task("evaluate", total=total, info="")
@@ -186,15 +187,18 @@ def run_evaluate(checkpoint: Path, data: Path, dataset: str, batch: int, smooth:
 def evaluate(checkpoint: Path = typer.Option(..., help="Run folder from `train`."),
              data: Path = typer.Option(..., help="Labelled dataset root."),
              dataset: str = typer.Option("auto", help=DATASETS),
-             backend: str = typer.Option("torch", help="torch (the PyTorch model on CPU) | onnxruntime (needs --onnx)."),
+             backend: str = typer.Option("torch", help="torch (the PyTorch model) | onnxruntime (needs --onnx)."),
+             device: str = typer.Option("cpu", help="--backend torch: cpu | cuda | cuda:N."),
              onnx: Optional[Path] = typer.Option(None, "--onnx", help="Exported ONNX file (or a --split pair's NAME.onnx) for --backend onnxruntime."),
              batch: int = typer.Option(16, help="Clips per inference call."),
              smooth: float = typer.Option(3.0, help="Also report AUC after temporal Gaussian smoothing with this sigma (frames); 0 = off."),
              plots: Optional[Path] = typer.Option(None, help="Folder for one score-curve PNG per test video."),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON.")):
     """Frame-level AUC (micro/macro), paper and causal protocols, baseline, pixel AUC, ablation."""
+    if backend != "torch" and device != "cpu":
+        raise UserError("--device applies to --backend torch (onnxruntime runs on the CPU here)")
     report = run_evaluate(checkpoint, data, dataset, batch, smooth, plots,
-                          runner=_onnx_runner(backend, onnx, checkpoint))
+                          runner=_onnx_runner(backend, onnx, checkpoint), device=device)
     out.print(_report_table(report, f"{report['n_frames']} frames, {report['n_videos']} videos"))
     if (t := _ablation_table(report)) is not None:
         out.print(t)

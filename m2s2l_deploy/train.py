@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__, scoring
+from . import __version__, scan, scoring
 from .contract import InputContract, prepare_frames, sliding_clips
 from .data import open_dataset
 from .errors import UserError
@@ -54,6 +54,7 @@ class TrainOptions:
     checkpoint_every_s: float = 60.0
     resume: bool = False
     threads: int | None = None
+    device: str = "cpu"             # cpu | cuda | cuda:N
 
 
 @dataclass
@@ -179,7 +180,7 @@ def calibrate(model: M2S2L, contract: InputContract, calibration, quantile: floa
     model.score_mean.copy_(comps.mean(dim=0))
     model.score_std.copy_(comps.std(dim=0).clamp(min=1e-3))
     model.map_scale.copy_(torch.tensor([max(float(np.mean(np.concatenate(e))), 1e-6) for e in (e_app, e_mot)]))
-    scores = scoring.combine(comps, model.score_mean, model.score_std, model.score_weights).numpy()
+    scores = scoring.combine(comps, model.score_mean.cpu(), model.score_std.cpu(), model.score_weights.cpu()).numpy()
     return {"videos": [n for n, _ in calibration], "n_frames": int(len(scores)),
             "component_mean": model.score_mean.tolist(), "component_std": model.score_std.tolist(),
             "map_scale": model.map_scale.tolist(),
@@ -194,7 +195,9 @@ class _InMemoryRunner:
         self.model, self.contract, self.name = model, contract, "torch-train"
 
     def infer(self, clips):
-        out = self.model.outputs(torch.from_numpy(np.ascontiguousarray(clips)))
+        device = self.model.appearance_prior.device
+        out = {k: v.cpu() if torch.is_tensor(v) else v
+               for k, v in self.model.outputs(torch.from_numpy(np.ascontiguousarray(clips)).to(device)).items()}
         e_app = (out["pred_frame"] - out["target"]).pow(2).flatten(1).mean(1)
         e_mot = (out["pred_motion"] - out["motion"]).pow(2).flatten(1).mean(1)
         return {"frame_score": out["frame_score"].numpy(), "components": out["components"].numpy(),
@@ -224,6 +227,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         raise UserError(f"cannot write to {out_dir}: {e.strerror}") from None
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    device = _training_device(opts.device)
 
     random.seed(opts.seed)
     np.random.seed(opts.seed)
@@ -231,7 +235,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
     data, contract = load_training_data(data_root, layout, {"resize": opts.resize, "clip_len": opts.clip_len},
                                         opts.preset, opts.channels, log)
     cfg = preset_config(opts.preset, in_channels=contract.channels, clip_len=contract.clip_len)
-    model = M2S2L(cfg)
+    model = M2S2L(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=1e-4)
     step, elapsed_before = 0, 0.0
     if opts.resume and (out_dir / STATE_JSON).exists():
@@ -241,7 +245,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         model.load_state_dict(load_checkpoint(out_dir).state)
         log("resumed from saved weights (no optimiser state found)")
 
-    background = background_of(data.frames)
+    background = background_of(data.frames).to(device)
     if step == 0:  # a resumed run keeps the prior it was trained with
         model.set_appearance_prior(background)
     steps_per_epoch = max(1, len(data.clips) // opts.batch)
@@ -272,7 +276,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         lr = opts.lr * (0.5 * (1 + math.cos(math.pi * _fraction(step, total_steps, now, budget_s))) * 0.95 + 0.05)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        loss, parts = training_loss(model, _batch(data, picks, contract.clip_len), opts, background)
+        loss, parts = training_loss(model, _batch(data, picks, contract.clip_len).to(device), opts, background)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -288,13 +292,32 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
     _save_train_state(out_dir, model, optimizer, step, elapsed_before + train_seconds, opts)
 
     calibration = calibrate(model, contract, data.calibration, opts.threshold_quantile)
+    model.cpu()
     summary = {**data.summary, "preset": opts.preset, "steps": step, "batch": opts.batch,
                "epochs_done": round(step / steps_per_epoch, 2), "train_seconds": round(train_seconds, 1),
                "total_train_seconds": round(elapsed_before + train_seconds, 1),
                "final_loss": float(np.mean(losses[-20:])) if losses else None, "final_parts": parts,
-               "seed": opts.seed, "threads": torch.get_num_threads(), "options": asdict(opts)}
+               "seed": opts.seed, "threads": torch.get_num_threads(), "device": _device_name(device),
+               "scan_form": scan.scan_form_for(device.type == "cuda", needs_grad=True),
+               "options": asdict(opts)}
     save_checkpoint(out_dir, model, contract, {"training": summary, "calibration": calibration})
     return summary
+
+
+def _training_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}' (use cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device '{name}' (use cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda requested but PyTorch sees no CUDA GPU here (use device cpu)")
+    return device
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _fraction(step, total_steps, now, budget_s) -> float:

@@ -3,6 +3,12 @@
 #
 #   kernel parity on the GPU  ->  CUDA tests of tests/test_triton_scan.py  ->  memory-floor test
 #   ->  model table  ->  torch.compile rows  ->  kernel profile  ->  one merged report (printed even when a step failed), JSON + logs in $OUT.
+# Two more steps run only when named in STEPS (they do not fit the same 10 minutes):
+#   pytest-train  the CUDA training test of tests/test_train_eval.py
+#   train-gpu     benchmarks/gpu_train.py: synth, `train --device cuda` for TRAIN_MINUTES (default 3),
+#                 `evaluate --device cuda` on seeds 1-3, `bench --device cuda` on VIDEO (default: the
+#                 first of ../shared/data/vtest.avi, runs/vtest.avi that exists; carry runs/vtest.avi)
+#   e.g.  STEPS="pytest-train train-gpu" TRAIN_MINUTES=4 bash scripts/device_check.sh
 #
 # Runs from the repository root with PYTHONPATH=. against the machine's own packages (torch, triton,
 # pytest: nothing is carried). Each step has its own time limit; a failed or timed-out step is
@@ -62,6 +68,18 @@ step floor 45 "$PY" benchmarks/bench_gpu.py --step floor --json "$OUT/floor.json
 step table 150 "$PY" benchmarks/bench_gpu.py --step table --json "$OUT/table.json" ${SMOKE[@]+"${SMOKE[@]}"}
 step compile 200 "$PY" benchmarks/bench_gpu.py --step compile --json "$OUT/compile.json" ${SMOKE[@]+"${SMOKE[@]}"}
 step profile 45 "$PY" benchmarks/bench_gpu.py --step profile --json "$OUT/profile.json" ${SMOKE[@]+"${SMOKE[@]}"}
+VIDEO=${VIDEO:-}
+for candidate in ../shared/data/vtest.avi runs/vtest.avi; do
+    [ -z "$VIDEO" ] && [ -f "$candidate" ] && VIDEO=$candidate
+done
+step pytest-train 150 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_train_eval.py -k cuda
+# scenes, checkpoint and per-command JSON stay in runs/gpu_train (the device tool returns few files);
+# the summary (gpu_train.json/.md) and the commands' log are copied to $OUT
+step train-gpu $((${TRAIN_MINUTES:-3} * 60 + 240)) "$PY" benchmarks/gpu_train.py --out runs/gpu_train \
+    --minutes "${TRAIN_MINUTES:-3}" ${VIDEO:+--video "$VIDEO"} ${SMOKE[@]+"${SMOKE[@]}"}
+for f in gpu_train.json gpu_train.md gpu_train.log; do
+    if [ -f "runs/gpu_train/$f" ]; then cp "runs/gpu_train/$f" "$OUT/"; fi
+done
 
 echo "== report" | tee -a "$LOG"
 timeout 20 "$PY" benchmarks/bench_gpu.py --report "$OUT" --markdown "$OUT/report.md" 2>&1 | tee -a "$LOG" || true

@@ -5,8 +5,9 @@ The checkpoint is cached under .cache/ keyed by a hash of the source files that 
 tests reuses it while a change to any of those retrains; editing the exporter or the CLI does not.
 Concurrent pytest processes share one build through a file lock. CI starts from a clean clone and
 trains it once for a fixed number of optimiser steps (M2S2L_TEST_TRAIN_STEPS, default 190, about
-4 minutes on 2 cores), not for a wall-clock budget: the same code then gives the same checkpoint in
-CI as on the developer's machine, so a test that passed locally sees the same model there.
+2 minutes on 2 cores with the Numba scan form), not for a wall-clock budget: the same code then
+gives the same checkpoint in CI as on the developer's machine, so a test that passed locally sees
+the same model there.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ VTEST = ROOT.parent / "shared" / "data" / "vtest.avi"
 
 # Source that decides the synthetic scenes and the trained checkpoint (globs under m2s2l_deploy/).
 TRAINING_SOURCES = ("__init__.py", "contract.py", "inference.py", "scan.py", "scoring.py", "train.py",
-                    "data/*.py", "model/*.py", "runners/base.py", "runners/torch_runner.py")
+                    "data/*.py", "model/*.py", "kernels/scan_numba.py", "runners/base.py", "runners/torch_runner.py")
 
 
 def _source_hash(*extra) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import assert_user_error, run_cli
 
 
@@ -91,6 +92,18 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert_user_error(proc, "one of --epochs, --minutes, --steps")
     proc = run_cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--steps", "0")
     assert_user_error(proc, "--steps must be >= 1")
+
+
+def test_bad_device_is_a_one_line_error(tmp_path, small_scene):
+    proc = run_cli("train", "--data", small_scene, "--out", tmp_path / "r", "--steps", "1", "--device", "tpu")
+    assert_user_error(proc, "unknown device 'tpu'")
+    proc = run_cli("evaluate", "--checkpoint", tmp_path, "--data", small_scene, "--backend", "onnxruntime",
+                   "--onnx", tmp_path / "m.onnx", "--device", "cuda")
+    assert_user_error(proc, "--device applies to --backend torch")
+    if not torch.cuda.is_available():
+        proc = run_cli("train", "--data", small_scene, "--out", tmp_path / "r", "--steps", "1", "--device", "cuda")
+        assert_user_error(proc, "no CUDA GPU")
+    assert not (tmp_path / "r" / "model.safetensors").exists()
 
 
 def test_synth_refuses_non_empty_output(tmp_path):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from m2s2l_deploy.scan import (associative_scan_linear, scan_steps, selective_scan_cpu, selective_scan_fn,
-                               selective_scan_parallel, selective_scan_ref)
+                               selective_scan_numba, selective_scan_parallel, selective_scan_ref)
 
-FAST_FORMS = [selective_scan_parallel, selective_scan_cpu]
+FAST_FORMS = [selective_scan_parallel, selective_scan_cpu, selective_scan_numba]
 
 
 def _inputs(batch, dim, state, length, groups=None, seed=0, dtype=torch.float32):
@@ -94,3 +94,40 @@ def test_step_count_is_logarithmic():
 def test_dispatcher_on_cpu_is_cpu_form():
     x = _inputs(1, 2, 2, 5)
     torch.testing.assert_close(selective_scan_fn(**x), selective_scan_cpu(**x))
+
+
+def test_cpu_training_takes_the_numba_form_and_inference_does_not():
+    """The rule, and the dispatcher really running it: with a gradient the Numba kernel runs
+    (forced off, the PyTorch CPU form gives the same numbers through another code path)."""
+    from m2s2l_deploy import scan
+    from m2s2l_deploy.kernels import scan_numba
+
+    rule = scan.choose_scan_form
+    assert rule(on_cuda=False, needs_grad=True, have_mamba_ssm=False, have_triton=False, have_numba=True) == "numba"
+    assert rule(on_cuda=False, needs_grad=False, have_mamba_ssm=False, have_triton=False, have_numba=True) == "cpu"
+    assert rule(on_cuda=False, needs_grad=True, have_mamba_ssm=False, have_triton=False, have_numba=False) == "cpu"
+    assert rule(on_cuda=True, needs_grad=True, have_mamba_ssm=False, have_triton=True, have_numba=True) == "parallel"
+    assert scan.scan_form_for(on_cuda=False, needs_grad=True) == "numba"
+    x = {k: v.requires_grad_(True) for k, v in _inputs(2, 4, 4, 30, groups=2).items()}
+    calls = []
+    original = scan_numba.NumbaRecurrence.forward
+
+    def counting(ctx, *args):
+        calls.append(args[0].shape)
+        return original(ctx, *args)
+
+    scan_numba.NumbaRecurrence.forward = staticmethod(counting)
+    try:
+        out = selective_scan_fn(**x, delta_softplus=True)
+        with torch.no_grad():
+            selective_scan_fn(**x, delta_softplus=True)
+    finally:
+        scan_numba.NumbaRecurrence.forward = staticmethod(original)
+    assert calls == [torch.Size([2, 4, 30])]            # training call only
+    torch.testing.assert_close(out, selective_scan_cpu(**x, delta_softplus=True), rtol=1e-5, atol=1e-5)
+
+
+def test_numba_form_refuses_uneven_groups():
+    x = _inputs(1, 6, 4, 5, groups=4)
+    with pytest.raises(ValueError, match="not divisible"):
+        selective_scan_numba(**x)
