@@ -120,7 +120,9 @@ def main(argv=None) -> int:
         f"before timing); scan rows = forward + backward of one scan site at its training shape; total "
         f"{time.perf_counter() - t_start:.0f} s.", "",
         "| what | PyTorch CPU form ms | Numba form ms | log-depth form ms | Numba vs PyTorch CPU form |",
-        "|---|---|---|---|---|", *rows, ""])
+        "|---|---|---|---|---|", *rows, "",
+        "The log-depth form is the CUDA training form, shown for reference: on a CPU it materialises "
+        "(b, d, N, L) tensors at each of its log2 L steps. The Numba form is what `train` uses on a CPU.", ""])
     print(text)
     if args.write:
         write_section(args.write, SECTION, text)

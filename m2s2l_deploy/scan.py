@@ -41,15 +41,20 @@ import torch
 import torch.nn.functional as F
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """Shared preamble: fp32 casts, bias/softplus, and broadcast of grouped B/C to (b, d, n, L)."""
-    dtype_in = u.dtype
-    u = u.float()
+def _fp32_inputs(u, delta, delta_bias, delta_softplus):
+    """u and the effective step delta (bias added, softplus applied) in fp32."""
     delta = delta.float()
     if delta_bias is not None:
         delta = delta + delta_bias[..., None].float()
     if delta_softplus:
         delta = F.softplus(delta)
+    return u.float(), delta
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """Shared preamble: fp32 casts, bias/softplus, and broadcast of grouped B/C to (b, d, n, L)."""
+    dtype_in = u.dtype
+    u, delta = _fp32_inputs(u, delta, delta_bias, delta_softplus)
     A = A.float()
     batch, dim, length = u.shape
     B = _expand_groups(B.float(), dim)
@@ -187,11 +192,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     4*B*D*N*L bytes, kept for the backward pass.
     """
     dtype_in = u.dtype
-    u32, delta = u.float(), delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias[..., None].float()
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u32, delta = _fp32_inputs(u, delta, delta_bias, delta_softplus)
     if u.shape[1] % (1 if B.dim() == 3 else B.shape[1]):
         raise ValueError(f"dim {u.shape[1]} is not divisible by the {B.shape[1]} groups of B/C")
     y = _FusedRecurrence.apply(u32.permute(2, 0, 1).contiguous(), delta.permute(2, 0, 1).contiguous(),
@@ -213,11 +214,7 @@ def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     if kernel is None:
         raise RuntimeError("scan form 'numba' needs Numba (pip install numba)")
     dtype_in = u.dtype
-    u32, delta = u.float(), delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias[..., None].float()
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u32, delta = _fp32_inputs(u, delta, delta_bias, delta_softplus)
     out = _finish(kernel(u32, delta, A, B, C), u32, D, z, dtype_in)
     if return_last_state:
         return out, _last_state(u32, delta, A.float(), B.float())

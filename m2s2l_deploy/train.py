@@ -244,6 +244,8 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
     elif opts.resume and (out_dir / WEIGHTS).exists():
         model.load_state_dict(load_checkpoint(out_dir).state)
         log("resumed from saved weights (no optimiser state found)")
+    scan_form = scan.scan_form_for(device.type == "cuda", needs_grad=True)
+    log(f"device: {_device_name(device)}, {scan_form} scan form")
 
     background = background_of(data.frames).to(device)
     if step == 0:  # a resumed run keeps the prior it was trained with
@@ -298,7 +300,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
                "total_train_seconds": round(elapsed_before + train_seconds, 1),
                "final_loss": float(np.mean(losses[-20:])) if losses else None, "final_parts": parts,
                "seed": opts.seed, "threads": torch.get_num_threads(), "device": _device_name(device),
-               "scan_form": scan.scan_form_for(device.type == "cuda", needs_grad=True),
+               "scan_form": scan_form,
                "options": asdict(opts)}
     save_checkpoint(out_dir, model, contract, {"training": summary, "calibration": calibration})
     return summary

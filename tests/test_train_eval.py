@@ -23,6 +23,8 @@ def test_checkpoint_records_contract_and_calibration(trained_run):
     # the buffers in the weights are the calibration record
     np.testing.assert_allclose(ckpt.state["score_mean"].numpy(), cal["component_mean"], rtol=1e-6)
     assert ckpt.info["training"]["steps"] > 0 and ckpt.info["training"]["layout"] == "frames"
+    # numba is a core dependency: CPU training ran the Numba scan form, and the summary says so
+    assert ckpt.info["training"]["device"] == "cpu" and ckpt.info["training"]["scan_form"] == "numba"
 
 
 def test_training_beats_the_untrained_model_and_the_baseline(eval_report, untrained_report):
