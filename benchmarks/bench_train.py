@@ -51,15 +51,14 @@ def scan_sites(model: M2S2L, clips: torch.Tensor) -> list[dict]:
 def site_runner(form: str, site: dict):
     leaves = {k: (v.clone().requires_grad_(True) if torch.is_tensor(v) and v.is_floating_point() else v)
               for k, v in site.items()}
-    fn = {"cpu": scan.selective_scan_cpu, "numba": scan.selective_scan_numba,
-          "parallel": scan.selective_scan_parallel}[form]
     grad = torch.randn_like(site["u"])
 
     def run():
         for v in leaves.values():
             if torch.is_tensor(v):
                 v.grad = None
-        fn(**leaves).backward(grad)
+        with scan.use_scan_form(form):
+            scan.selective_scan_fn(**leaves).backward(grad)
     return run
 
 

@@ -62,13 +62,19 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return dtype_in, u, delta, A, B, C, batch, dim, length
 
 
-def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
-    """(b, n, L) -> (b, 1, n, L); (b, g, n, L) -> (b, dim, n, L) with each group repeated dim/g times."""
-    if M.dim() == 3:
-        return M.unsqueeze(1)
-    groups = M.shape[1]
+def _check_groups(M: torch.Tensor, dim: int) -> int:
+    """Groups of B or C ((b, n, L): 1, (b, g, n, L): g); every group must hold dim/g channels."""
+    groups = 1 if M.dim() == 3 else M.shape[1]
     if dim % groups:
         raise ValueError(f"dim {dim} is not divisible by the {groups} groups of B/C")
+    return groups
+
+
+def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
+    """(b, n, L) -> (b, 1, n, L); (b, g, n, L) -> (b, dim, n, L) with each group repeated dim/g times."""
+    groups = _check_groups(M, dim)
+    if M.dim() == 3:
+        return M.unsqueeze(1)
     return M.repeat_interleave(dim // groups, dim=1)
 
 
@@ -193,8 +199,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     """
     dtype_in = u.dtype
     u32, delta = _fp32_inputs(u, delta, delta_bias, delta_softplus)
-    if u.shape[1] % (1 if B.dim() == 3 else B.shape[1]):
-        raise ValueError(f"dim {u.shape[1]} is not divisible by the {B.shape[1]} groups of B/C")
+    _check_groups(B, u.shape[1])
     y = _FusedRecurrence.apply(u32.permute(2, 0, 1).contiguous(), delta.permute(2, 0, 1).contiguous(),
                                A.float().contiguous(), _grouped_time_major(B.float()),
                                _grouped_time_major(C.float()))
@@ -215,6 +220,7 @@ def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         raise RuntimeError("scan form 'numba' needs Numba (pip install numba)")
     dtype_in = u.dtype
     u32, delta = _fp32_inputs(u, delta, delta_bias, delta_softplus)
+    _check_groups(B, u.shape[1])
     out = _finish(kernel(u32, delta, A, B, C), u32, D, z, dtype_in)
     if return_last_state:
         return out, _last_state(u32, delta, A.float(), B.float())

@@ -30,6 +30,7 @@ from .inference import score_prepared
 from .model import M2S2L, decorrelation_loss, preset_config
 from .model.checkpoint import WEIGHTS, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
 from .runners import TorchRunner
+from .runners.torch_runner import torch_device
 
 STATE_WEIGHTS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -227,7 +228,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         raise UserError(f"cannot write to {out_dir}: {e.strerror}") from None
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    device = _training_device(opts.device)
+    device = torch_device(opts.device)
 
     random.seed(opts.seed)
     np.random.seed(opts.seed)
@@ -304,18 +305,6 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
                "options": asdict(opts)}
     save_checkpoint(out_dir, model, contract, {"training": summary, "calibration": calibration})
     return summary
-
-
-def _training_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}' (use cpu, cuda or cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"unknown device '{name}' (use cpu, cuda or cuda:N)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda requested but PyTorch sees no CUDA GPU here (use device cpu)")
-    return device
 
 
 def _device_name(device: torch.device) -> str:

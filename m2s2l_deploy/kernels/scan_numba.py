@@ -121,10 +121,9 @@ class NumbaRecurrence(torch.autograd.Function):
 
 
 def recurrence(u, delta, A, B, C) -> torch.Tensor:
-    """u, delta (b, d, L) fp32 (delta already biased/softplus'd); B/C (b, n, L) or (b, g, n, L)."""
+    """u, delta (b, d, L) fp32 (delta already biased/softplus'd); B/C (b, n, L) or (b, g, n, L) with
+    d a multiple of g (``scan.selective_scan_numba`` checks it)."""
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
-    if u.shape[1] % B.shape[1]:
-        raise ValueError(f"dim {u.shape[1]} is not divisible by the {B.shape[1]} groups of B/C")
     return NumbaRecurrence.apply(u.contiguous(), delta.contiguous(), A.float().contiguous(),
                                  B.float().transpose(2, 3).contiguous(), C.float().transpose(2, 3).contiguous())

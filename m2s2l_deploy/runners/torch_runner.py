@@ -22,6 +22,19 @@ from ..model.checkpoint import Checkpoint, load_checkpoint
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def torch_device(name: str) -> torch.device:
+    """A device for PyTorch work here (cpu, cuda, cuda:N), or a one-line error: the runner and training share it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}' (use cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device '{name}' (use cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda requested but PyTorch sees no CUDA GPU here (use device cpu)")
+    return device
+
+
 class TorchRunner:
     """``infer(clips)`` with the PyTorch model.
 
@@ -36,17 +49,12 @@ class TorchRunner:
                  dtype: str = "fp32", cuda_graph: bool = False, compile: bool = False):
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
-        try:
-            self.device = torch.device(device)
-        except RuntimeError:
-            raise UserError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from None
+        self.device = torch_device(device)
         if self.device.type != "cuda" and (dtype != "fp32" or cuda_graph or compile):
             wanted = " and ".join(x for x in (f"dtype {dtype}" if dtype != "fp32" else "",
                                               "CUDA graphs" if cuda_graph else "",
                                               "torch.compile" if compile else "") if x)
             raise UserError(f"{wanted}: CUDA only, and this runner is on {self.device} (use device cuda or fp32)")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("device cuda requested but PyTorch sees no CUDA GPU here (use device cpu)")
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.contract = self.checkpoint.contract
         self.model = self.checkpoint.build_model().to(self.device)
