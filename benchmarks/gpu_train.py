@@ -135,4 +135,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as err:     # a CLI step failed: its own one-line error, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
