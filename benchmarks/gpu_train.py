@@ -39,6 +39,22 @@ def cli(*args, log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def scenes_needed(scenes: Path, train_seed: int, train_videos: int, test_seeds, smoke: bool) -> dict:
+    """{scene folder: synth arguments}, the training scene first; test scenes need only their test videos."""
+    small = ["--test", "3"] if smoke else []
+    name = f"scene-s{train_seed}" if train_videos == 8 else f"scene-s{train_seed}-t{train_videos}"
+    return {scenes / name: [*small, "--seed", train_seed, "--train", train_videos],
+            **{scenes / f"scene-s{s}": [*small, "--seed", s, "--train", 1] for s in test_seeds}}
+
+
+def make_scenes(wanted: dict, log: Path) -> None:
+    """Synthesise the scenes that do not exist yet, side by side (CPU work)."""
+    todo = [(path, a) for path, a in wanted.items() if not (path / "scene.json").exists()]
+    if todo:
+        with ThreadPoolExecutor(len(todo)) as pool:
+            list(pool.map(lambda kv: cli("synth", kv[0], *kv[1], log=log), todo))
+
+
 def save(out: Path, result: dict) -> None:
     tmp = out / "gpu_train.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
@@ -75,31 +91,33 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--steps", type=int, help="train for this many optimiser steps instead of --minutes")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--lr", type=float, help="peak learning rate (default: train's)")
     ap.add_argument("--scenes", type=Path, help="folder for the synthetic scenes (default: --out), reused when present")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--train-seed", type=int, default=0)
+    ap.add_argument("--train-videos", type=int, default=8, help="training videos in the training scene (synth --train; 8 = synth's default)")
     ap.add_argument("--test-seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--video", type=Path, help="real footage for `bench --device` with the trained model")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny scenes, seconds of training: checks the script")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.device, args.minutes, args.test_seeds = "cpu", 0.05, args.test_seeds[:1]
+        args.device, args.minutes, args.test_seeds, args.train_videos = "cpu", 0.05, args.test_seeds[:1], 2
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = out / "gpu_train.log"
     log.write_text("")
-    scene_args = ["--train", "2", "--test", "3"] if args.smoke else []
     result = {"device": args.device, "train_seed": args.train_seed, "seed": args.seed, "smoke": args.smoke,
+              "train_videos": args.train_videos, "lr": args.lr,
               "budget": f"{args.steps} steps" if args.steps else f"{args.minutes:g} minutes"}
     scenes = args.scenes or out
-    seeds = [args.train_seed, *args.test_seeds]
-    with ThreadPoolExecutor(len(seeds)) as pool:   # scenes are CPU work: generate them side by side
-        list(pool.map(lambda s: cli("synth", scenes / f"scene-s{s}", "--seed", s, *scene_args, log=log),
-                      [s for s in seeds if not (scenes / f"scene-s{s}").exists()]))
+    wanted = scenes_needed(scenes, args.train_seed, args.train_videos, args.test_seeds, args.smoke)
+    make_scenes(wanted, log)
+    train_scene = next(iter(wanted))
     run = out / "run"
     shutil.rmtree(run, ignore_errors=True)          # this script's own run folder from an earlier call
     budget = ["--steps", args.steps] if args.steps else ["--minutes", args.minutes]
-    cli("train", "--data", scenes / f"scene-s{args.train_seed}", "--preset", "tiny", *budget, "--seed", args.seed,
+    budget += ["--lr", args.lr] if args.lr else []
+    cli("train", "--data", train_scene, "--preset", "tiny", *budget, "--seed", args.seed,
         "--device", args.device, "--out", run, "--json", out / "train.json", log=log)
     result["training"] = {k: v for k, v in json.loads((out / "train.json").read_text()).items()
                           if k in ("steps", "batch", "train_seconds", "device", "scan_form", "final_loss")}

@@ -18,6 +18,9 @@ def test_worst_patch_psnr_matches_numpy():
         best = max(err[b, 0, i:i + 4, j:j + 4].mean() for i in range(0, 13, 2) for j in range(0, 13, 2))
         expect.append(best)
     np.testing.assert_allclose(got, expect, rtol=1e-6)
+    got = scoring.worst_patch(torch.from_numpy(err), 4, stride=1).numpy()      # an explicit stride
+    expect = [max(err[b, 0, i:i + 4, j:j + 4].mean() for i in range(13) for j in range(13)) for b in range(2)]
+    np.testing.assert_allclose(got, expect, rtol=1e-6)
     psnr = scoring.psnr(torch.tensor([0.04])).item()
     assert psnr == pytest.approx(10 * np.log10(4 / 0.04), rel=1e-5)
 
@@ -71,3 +74,16 @@ def test_combine_standardises_and_takes_a_soft_maximum():
     assert torch.isfinite(huge).all() and huge.item() <= 1.0 + 1e-5
 
 
+
+
+def test_score_stride_defaults_to_half_the_window_for_older_checkpoints():
+    """A config saved before score_stride existed keeps its old score (stride = window/2); tiny uses 10 / 2."""
+    from m2s2l_deploy.model.config import ModelConfig, preset_config
+
+    tiny = preset_config("tiny")
+    assert (tiny.score_window, tiny.score_stride) == (10, 2)
+    old = {k: v for k, v in tiny.to_dict().items() if k != "score_stride"} | {"score_window": 12}
+    cfg = ModelConfig.from_dict(old)
+    assert cfg.score_stride == 0
+    err = torch.rand(1, 1, 24, 24)
+    assert scoring.worst_patch(err, 12, cfg.score_stride) == scoring.worst_patch(err, 12, 6)

@@ -136,7 +136,8 @@ class M2S2L(nn.Module):
         pred_frame, pred_motion = self.decode(streams)
         target = clip[:, -1]
         motion = target - clip[:, -2]
-        comps, e_app, e_mot = scoring.components(pred_frame, target, pred_motion, motion, self.cfg.score_window)
+        comps, e_app, e_mot = scoring.components(pred_frame, target, pred_motion, motion,
+                                                  self.cfg.score_window, self.cfg.score_stride)
         return {
             "pred_frame": pred_frame, "pred_motion": pred_motion, "target": target, "motion": motion,
             "streams": streams, "components": comps,
