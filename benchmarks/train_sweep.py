@@ -57,8 +57,8 @@ def launch(out: Path, spec: str, seed: int, args) -> subprocess.Popen:
     cmd += ["--smoke"] if args.smoke else ["--steps", str(args.steps)]
     cmd += ["--lr", str(lr)] if lr else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    log = open(out / f"{name}.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(out / f"{name}.log", "w") as log:      # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def collect(out: Path, spec: str, seed: int) -> dict:
@@ -161,4 +161,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as err:     # synth failed: its own one-line error, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
