@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,16 +59,18 @@ def launch(out: Path, spec: str, seed: int, args) -> subprocess.Popen:
     cmd += ["--lr", str(lr)] if lr else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with open(out / f"{name}.log", "w") as log:      # the child keeps its own handle
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # a session of its own, so that the deadline can stop the run with the CLI commands it started
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def collect(out: Path, spec: str, seed: int) -> dict:
+    row = {"config": config_name(spec), "seed": seed}
     path = out / run_name(spec, seed) / "gpu_train.json"
     if not path.exists():
-        return {"error": "no result"}
+        return {**row, "error": "no result"}
     r = json.loads(path.read_text())
-    row = {"steps": r.get("training", {}).get("steps"), "train_seconds": r.get("training", {}).get("train_seconds"),
-           "device": r.get("training", {}).get("device")}
+    row.update(steps=r.get("training", {}).get("steps"), train_seconds=r.get("training", {}).get("train_seconds"),
+               device=r.get("training", {}).get("device"))
     for s, e in r.get("evaluate", {}).items():
         row[f"s{s}"] = e if "error" in e else {k: round(e[k], 4) for k in ("auc_micro", "auc_macro", "auc_micro_causal")}
     return row
@@ -78,18 +81,17 @@ def render(result: dict, test_seeds) -> str:
     lines = [f"`tiny`, {result['budget']} per run, {result['parallel']} runs at a time on {result['device']}; "
              f"paper-protocol micro / macro AUC and causal micro AUC per test scene.", "",
              f"| config | training seed | steps | {head} |", "|---" * (3 + len(test_seeds)) + "|"]
-    for name, row in result["runs"].items():
-        config, seed = name.rsplit("-s", 1)
+    for row in result["runs"].values():
         cells = []
         for s in test_seeds:
             e = row.get(f"s{s}", {"error": row.get("error", "missing")})
             cells.append(f"failed: {e['error'][:40]}" if "error" in e else
                          f"{e['auc_micro']:.3f} / {e['auc_macro']:.3f} / {e['auc_micro_causal']:.3f}")
-        lines.append(f"| {config} | {seed} | {row.get('steps', '?')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['config']} | {row['seed']} | {row.get('steps', '?')} | " + " | ".join(cells) + " |")
     lines += ["", "| config | runs | " + " | ".join(f"seed {s} micro mean ± sd" for s in test_seeds)
               + " | all seeds micro mean |", "|---" * (3 + len(test_seeds)) + "|"]
     for config in result["configs"]:
-        rows = [r for n, r in result["runs"].items() if n.rsplit("-s", 1)[0] == config]
+        rows = [r for r in result["runs"].values() if r["config"] == config]
         cells, every = [], []
         for s in test_seeds:
             vals = [r[f"s{s}"]["auc_micro"] for r in rows if "auc_micro" in r.get(f"s{s}", {})]
@@ -150,10 +152,12 @@ def main(argv=None) -> int:
                 print(f"[{time.perf_counter() - t0:5.0f} s] {run_name(*key)} finished (exit {proc.returncode})", flush=True)
         if args.deadline and time.perf_counter() - t0 > args.deadline and (running or pending):
             for key, proc in running.items():
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 result["runs"][run_name(*key)] = {**collect(out, *key), "error": f"stopped at the {args.deadline:g} s deadline"}
             for key in pending:
-                result["runs"][run_name(*key)] = {"error": "not started before the deadline"}
+                result["runs"][run_name(*key)] = {"config": config_name(key[0]), "seed": key[1],
+                                                  "error": "not started before the deadline"}
             break
     save(out, result, args.test_seeds)
     print(render(result, args.test_seeds))

@@ -10,7 +10,8 @@ Each map is averaged over square patches (``window`` pixels, every ``stride`` pi
 and the worst patch is taken, so a small anomalous object is not diluted by a large normal
 background. A stride well below the window brings the worst patch close to the worst of all
 positions: with stride window/2, an object wider than half the window can straddle patches and
-lose part of its error in each (README, Results: for `tiny`, window 10 / stride 2 replaced 12 / 6). Components:
+lose part of its error in each (README, Results: for `tiny`, window 10 / stride 2 replaced
+12 / 6). Components:
 
     c = [-PSNR(worst E_a), -PSNR(worst E_m), -10*log10(1 - worst Q)]      (dB, higher = worse)
 

@@ -74,8 +74,6 @@ def test_combine_standardises_and_takes_a_soft_maximum():
     assert torch.isfinite(huge).all() and huge.item() <= 1.0 + 1e-5
 
 
-
-
 def test_score_stride_defaults_to_half_the_window_for_older_checkpoints():
     """A config saved before score_stride existed keeps its old score (stride = window/2); tiny uses 10 / 2."""
     from m2s2l_deploy.model.config import ModelConfig, preset_config
