@@ -23,7 +23,7 @@ import torch
 
 from m2s2l_deploy.contract import sliding_clips
 from m2s2l_deploy.model.checkpoint import load_checkpoint
-from m2s2l_deploy.onnx_export import export_onnx
+from m2s2l_deploy.export.exporter import export_onnx
 from m2s2l_deploy.runners import OnnxRunner, TorchRunner
 from m2s2l_deploy.runners.onnx_runner import extensions_available
 

@@ -41,12 +41,13 @@ from pathlib import Path
 
 import torch
 
-from m2s2l_deploy import scan
+from m2s2l_deploy.ops import scan
 from m2s2l_deploy.contract import InputContract
 from m2s2l_deploy.model import preset_config
-from m2s2l_deploy.model.checkpoint import Checkpoint, atomic_write_json
+from m2s2l_deploy.files import atomic_write_json
+from m2s2l_deploy.model.checkpoint import Checkpoint
 from m2s2l_deploy.runners import TorchRunner
-from m2s2l_deploy.scan import selective_scan_ref
+from m2s2l_deploy.ops.scan import selective_scan_ref
 
 NOMINAL_COPY_TBS = 3.0          # what a device-to-device copy moved on the lent H100 (KINDS.md)
 FLOOR_SHAPE = (32, 384, 16, 4096)
@@ -115,7 +116,7 @@ PARITY_CASES = [  # (batch, dim, state, length, groups, dtype, with z)
 
 
 def step_parity(args) -> dict:
-    from m2s2l_deploy.kernels.scan_triton import selective_scan_triton
+    from m2s2l_deploy.ops.kernels.scan_triton import selective_scan_triton
     device = "cpu" if args.smoke else "cuda"
     cases = [c for c in PARITY_CASES if c[0] * c[1] * c[3] <= 200_000] if args.smoke else list(PARITY_CASES)
     cases.append((*(SMOKE_FLOOR_SHAPE if args.smoke else FLOOR_SHAPE), None, torch.float32, False))
@@ -147,7 +148,7 @@ def step_parity(args) -> dict:
 # -- memory floor --------------------------------------------------------------------------------
 
 def floor_configs(state, length, dtype):
-    from m2s2l_deploy.kernels.scan_triton import launch_config
+    from m2s2l_deploy.ops.kernels.scan_triton import launch_config
     return [
         ("default", launch_config(state, length, dtype)),
         ("tile 4, 8 stages", launch_config(state, length, dtype, block_t=4, stages=8)),
@@ -158,7 +159,7 @@ def floor_configs(state, length, dtype):
 
 
 def step_floor(args) -> dict:
-    from m2s2l_deploy.kernels import scan_triton
+    from m2s2l_deploy.ops.kernels import scan_triton
     cuda = not args.smoke
     device = "cuda" if cuda else "cpu"
     batch, dim, state, length = SMOKE_FLOOR_SHAPE if args.smoke else FLOOR_SHAPE
@@ -172,7 +173,7 @@ def step_floor(args) -> dict:
     copy = timed(lambda: dst.copy_(src), 3, 20 if cuda else 3, cuda)
     copy_bw = 2 * nbytes / (copy["ms"] * 1e-3)                    # bytes read + written per second
     result["copy"] = {**copy, "GBps": copy_bw / 1e9}
-    del src, dst
+    src = dst = None                                              # free the copy buffers
     floor_ms = nbytes / copy_bw * 1e3
     result["floor_ms_measured_copy"] = floor_ms
     result["floor_ms_nominal"] = nbytes / (NOMINAL_COPY_TBS * 1e12) * 1e3
@@ -264,8 +265,8 @@ def step_table(args) -> dict:
     def measure(row):
         form = row.pop("form")
         runner, x = _random_model(row["preset"], row["batch"], row["dtype"], row["cuda_graph"], device)
-        with scan.use_scan_form(form):
-            t = timed(lambda: runner.run_device(x), *_iters(row["batch"], cuda), cuda)
+        runner.model.use_scan_form(form)
+        t = timed(lambda: runner.run_device(x), *_iters(row["batch"], cuda), cuda)
         row.update(t, fps=row["batch"] / (t["ms"] * 1e-3), ms_per_clip=t["ms"] / row["batch"])
         if cuda:
             row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -488,7 +489,7 @@ def main(argv=None) -> int:
               "device tool (docs/gpu.md), or --smoke with TRITON_INTERPRET=1 to check the script on CPU", file=sys.stderr)
         return 2
     if args.smoke:
-        from m2s2l_deploy.kernels import scan_triton
+        from m2s2l_deploy.ops.kernels import scan_triton
         if not scan_triton.interpreted():
             print("error: --smoke needs TRITON_INTERPRET=1 in the environment", file=sys.stderr)
             return 2

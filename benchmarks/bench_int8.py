@@ -29,8 +29,9 @@ import torch
 
 from m2s2l_deploy.engine.calibration import calibration_set
 from m2s2l_deploy.engine.precision import to_fp16, to_int8
-from m2s2l_deploy.model.checkpoint import atomic_write_bytes, load_checkpoint
-from m2s2l_deploy.onnx_export import export_onnx
+from m2s2l_deploy.files import atomic_write_bytes
+from m2s2l_deploy.model.checkpoint import load_checkpoint
+from m2s2l_deploy.export.exporter import export_onnx
 from m2s2l_deploy.runners import OnnxRunner, TorchRunner
 
 from _common import checkpoint_for, machine, timed_rounds, write_section

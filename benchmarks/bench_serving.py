@@ -28,7 +28,8 @@ from m2s2l_deploy.contract import InputContract
 from m2s2l_deploy.runners.onnx_runner import OnnxRunner
 from m2s2l_deploy.serving.client import bench_streams, load_stream_frames
 from m2s2l_deploy.serving.repository import package_repository
-from m2s2l_deploy.serving.server import PyTritonServer, TritonServerProcess, served_model
+from m2s2l_deploy.serving.process import TritonServerProcess
+from m2s2l_deploy.serving.server import PyTritonServer, served_model
 from m2s2l_deploy.serving.stats import batching_summary, delta
 
 from _common import machine, write_section
@@ -42,7 +43,7 @@ def random_onnx(root: Path) -> Path:
 
     from m2s2l_deploy.model import M2S2L, preset_config
     from m2s2l_deploy.model.checkpoint import save_checkpoint
-    from m2s2l_deploy.onnx_export import export_onnx
+    from m2s2l_deploy.export.exporter import export_onnx
 
     torch.manual_seed(0)
     cfg = preset_config("tiny", in_channels=1)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from m2s2l_deploy import scan
+from m2s2l_deploy.ops import scan
 from m2s2l_deploy.model import M2S2L, preset_config
-from m2s2l_deploy.train import TrainOptions, training_loss
+from m2s2l_deploy.jobs.train import TrainOptions, training_loss
 
 from _common import machine, timed_rounds, write_section
 
@@ -57,22 +57,20 @@ def site_runner(form: str, site: dict):
         for v in leaves.values():
             if torch.is_tensor(v):
                 v.grad = None
-        with scan.use_scan_form(form):
-            scan.selective_scan_fn(**leaves).backward(grad)
+        scan.selective_scan_fn(**leaves, form=form).backward(grad)
     return run
 
 
 def step_runner(form: str, clips: torch.Tensor):
     torch.manual_seed(0)
-    model = M2S2L(preset_config("tiny"))
+    model = M2S2L(preset_config("tiny")).use_scan_form(form)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def run():
-        with scan.use_scan_form(form):
-            loss, _ = training_loss(model, clips, TrainOptions())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        loss, _ = training_loss(model, clips, TrainOptions())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     return run
 
 

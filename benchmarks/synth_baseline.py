@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from m2s2l_deploy.data.synth import generate_scene
-from m2s2l_deploy.metrics import frame_auc, frame_difference_scores, minmax_per_video
+from m2s2l_deploy.report.metrics import frame_auc, frame_difference_scores, minmax_per_video
 
 
 def load_frames(folder: Path) -> np.ndarray:

@@ -1,5 +1,5 @@
 """``python -m m2s2l_deploy``: the CLI."""
 
-from .cli import main
+from .cli.app import main
 
 main()

@@ -1,6 +1,7 @@
-"""File helpers shared by every writer: atomic writes, output-path checks, content hashes.
+"""File helpers shared by every writer: atomic writes, the output-path check, content hashes.
 
-Kept free of torch and onnx imports, so light paths (serving, sidecar checks) can use them.
+Kept free of torch and onnx imports, so light paths (bench --onnx, serving, sidecar checks) can
+use them.
 """
 
 from __future__ import annotations
@@ -45,21 +46,26 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def writable_output(path, example_name: str) -> Path:
-    """Fail early (before slow work) when ``path`` cannot be written; create its folder.
+def output_path(path, what: str = "output", suffixes: tuple[str, ...] | None = None,
+                example_name: str | None = None) -> Path | None:
+    """Fail before any slow work when ``path`` cannot be written; ``None`` passes through.
 
-    ``example_name`` completes the hint when ``path`` is a folder (e.g. ``model.onnx``).
+    The one check every writer makes on a user's output path: the suffix (when ``suffixes`` is
+    given), not a folder (``example_name`` completes the hint, e.g. ``model.onnx``), and the
+    nearest existing ancestor a writable folder. Nothing is created here; the atomic writers
+    create missing folders when they write, so a refused run leaves no trace.
     """
+    if path is None:
+        return None
     path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserError(f"{what} {path} must end in {' or '.join(suffixes)}")
     if path.is_dir():
-        raise UserError(f"output {path} is a folder; give a file name such as {path / example_name}")
-    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise UserError(f"cannot write {path}: {blocker} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output folder {path.parent}: {e.strerror or e}") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {path.parent}: permission denied")
+        hint = f" such as {path / example_name}" if example_name else ""
+        raise UserError(f"{what} {path} is a folder; give a file name{hint}")
+    ancestor = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    if not ancestor.is_dir():
+        raise UserError(f"cannot write {what} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} {path}: {ancestor} is not writable")
     return path

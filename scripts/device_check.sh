@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared device call for issue #6 (OpenAI-Triton selective scan, CUDA runner): <= 10 minutes.
+# One prepared device call for the GPU path (OpenAI-Triton selective scan, CUDA runner): <= 10 minutes.
 #
 #   kernel parity on the GPU  ->  CUDA tests of tests/test_triton_scan.py  ->  memory-floor test
 #   ->  model table  ->  torch.compile rows  ->  kernel profile  ->  one merged report (printed even when a step failed), JSON + logs in $OUT.

@@ -27,8 +27,8 @@ VTEST = ROOT.parent / "shared" / "data" / "vtest.avi"
 
 
 # Source that decides the synthetic scenes and the trained checkpoint (globs under m2s2l_deploy/).
-TRAINING_SOURCES = ("__init__.py", "contract.py", "inference.py", "scan.py", "scoring.py", "train.py",
-                    "data/*.py", "model/*.py", "kernels/scan_numba.py", "runners/base.py", "runners/torch_runner.py")
+TRAINING_SOURCES = ("__init__.py", "contract.py", "jobs/clip_loop.py", "ops/scan.py", "jobs/train.py",
+                    "data/*.py", "model/*.py", "ops/kernels/scan_numba.py", "runners/base.py", "runners/torch_runner.py")
 
 
 def _source_hash(*extra) -> str:
@@ -77,7 +77,7 @@ def scene_test() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(scene_train) -> Path:
-    from m2s2l_deploy.train import TrainOptions, train
+    from m2s2l_deploy.jobs.train import TrainOptions, train
 
     opts = TrainOptions(preset="tiny", steps=TRAIN_STEPS, seed=0)
     key = _source_hash("train-steps", TRAIN_STEPS)
@@ -86,7 +86,7 @@ def trained_run(scene_train) -> Path:
 
 @pytest.fixture(scope="session")
 def eval_report(trained_run, scene_test) -> dict:
-    from m2s2l_deploy.evaluate import evaluate
+    from m2s2l_deploy.jobs.evaluate import evaluate
     from m2s2l_deploy.runners import TorchRunner
 
     return evaluate(TorchRunner(trained_run, extras=True), scene_test, smooth_sigma=3.0, log=lambda *_: None)
@@ -106,11 +106,11 @@ def untrained_report(scene_train, scene_test, tmp_path_factory) -> dict:
     """The same pipeline with an untrained (but calibrated) model: the bar training must clear."""
     import torch
 
-    from m2s2l_deploy.evaluate import evaluate
+    from m2s2l_deploy.jobs.evaluate import evaluate
     from m2s2l_deploy.model import M2S2L
     from m2s2l_deploy.model.checkpoint import save_checkpoint
     from m2s2l_deploy.runners import TorchRunner
-    from m2s2l_deploy.train import calibrate, load_training_data
+    from m2s2l_deploy.jobs.train import calibrate, load_training_data
 
     data, contract = load_training_data(scene_train, "auto", {"clip_len": 5}, "tiny", "auto", log=lambda *_: None)
     from m2s2l_deploy.model import preset_config

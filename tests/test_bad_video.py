@@ -84,7 +84,7 @@ def test_onnx_for_another_model(trained_run, good_avi, tmp_path):
     from m2s2l_deploy.contract import InputContract
     from m2s2l_deploy.model import M2S2L, preset_config
     from m2s2l_deploy.model.checkpoint import save_checkpoint
-    from m2s2l_deploy.onnx_export import export_onnx
+    from m2s2l_deploy.export.exporter import export_onnx
 
     torch.manual_seed(1)
     cfg = preset_config("tiny")

@@ -1,7 +1,8 @@
-"""bench (issue #5): streaming pipeline vs the offline one, runners agree, resampling, alerts, CLI outputs.
+"""bench: streaming pipeline vs the offline one, runners agree, resampling, alerts, CLI outputs, and
+the ONNX-only path without torch.
 
 Expected values come from independent computations: the offline path (read_video + prepare_frames +
-inference.score_prepared), contract.resample_indices, a run-based reference of the alert rules,
+clip_loop.score_prepared), contract.resample_indices, a run-based reference of the alert rules,
 and the labels the video was written with.
 """
 
@@ -9,25 +10,28 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from m2s2l_deploy.alerts import AlertTracker, alert_events
-from m2s2l_deploy.bench import bench_video, resample_stream
+from m2s2l_deploy.report.alerts import AlertTracker, alert_events
+from m2s2l_deploy.data.stream import resample_stream
+from m2s2l_deploy.jobs.bench import bench_video
 from m2s2l_deploy.contract import prepare_frames, resample_indices
 from m2s2l_deploy.data.synth import render_video_file
 from m2s2l_deploy.data.video import read_video
-from m2s2l_deploy.inference import score_prepared
+from m2s2l_deploy.jobs.clip_loop import score_prepared
 from m2s2l_deploy.model.checkpoint import load_checkpoint
 from m2s2l_deploy.runners import TorchRunner
 from cli_helpers import assert_user_error, run_cli
 from conftest import VTEST
 
 pytest.importorskip("onnxruntime")
-from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
+from m2s2l_deploy.export.exporter import export_onnx  # noqa: E402
 from m2s2l_deploy.runners.factory import make_runner  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-4       # torch vs ORT on frame scores (export parity is 1e-5 + 1e-4 on every output)
@@ -248,3 +252,38 @@ def test_bench_refuses_torch_runner_options_for_onnx(synth_video, onnx_files, fl
 def test_bench_refuses_several_videos_without_server(synth_video, trained_run):
     path, _ = synth_video
     assert_user_error(run_cli("bench", path, path, "--checkpoint", trained_run), "--server")
+
+
+# -- the ONNX-only install: bench without torch -----------------------------------------------------
+NO_TORCH = ("import sys; sys.modules['torch'] = None; sys.argv = ['m2s2l-deploy'] + sys.argv[1:]; "
+            "from m2s2l_deploy.cli.app import main; main()")
+
+
+def run_cli_without_torch(*args):
+    """The CLI in a process where ``import torch`` fails, as on an ONNX-only install."""
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.mark.parametrize("which", ["synthetic", "vtest"])
+def test_bench_onnx_runs_without_torch(which, onnx_files, synth_video, tmp_path):
+    """`bench --onnx` (ONNX Runtime, alerts, CSV, plot, JSON) never imports torch."""
+    if which == "vtest" and not VTEST.exists():
+        pytest.skip(f"real footage {VTEST} not present (outside a developer checkout)")
+    video = VTEST if which == "vtest" else synth_video[0]
+    proc = run_cli_without_torch("bench", video, "--onnx", onnx_files["whole"], "--max-frames", "40",
+                                 "--threads", "1", "--json", tmp_path / "b.json", "--scores-csv", tmp_path / "s.csv",
+                                 "--plot", tmp_path / "p.png")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((tmp_path / "b.json").read_text())
+    assert s["n_frames"] == min(40, s["video_info"]["frames_decoded"]) and s["runner"].startswith("onnxruntime")
+    assert "torch" not in s["machine"] and s["threshold"] is not None
+    assert (tmp_path / "s.csv").is_file() and (tmp_path / "p.png").is_file()
+
+
+def test_torch_verbs_say_which_extra_without_torch(small_scene, synth_video, tmp_path):
+    """Verbs that run PyTorch fail in one line naming the extra, not with an ImportError."""
+    assert_user_error(run_cli_without_torch("train", "--data", small_scene, "--steps", "1", "--out", tmp_path / "r"),
+                      "needs torch", "m2s2l-deploy[torch]")
+    assert_user_error(run_cli_without_torch("bench", synth_video[0], "--checkpoint", tmp_path / "r"),
+                      "needs torch", "m2s2l-deploy[torch]")

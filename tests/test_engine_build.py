@@ -34,10 +34,10 @@ from m2s2l_deploy.engine import sidecar as sc  # noqa: E402
 from m2s2l_deploy.engine.build import build_engine  # noqa: E402
 from m2s2l_deploy.engine.plugin import register_plugin  # noqa: E402
 from m2s2l_deploy.errors import UserError  # noqa: E402
-from m2s2l_deploy.evaluate import evaluate  # noqa: E402
+from m2s2l_deploy.jobs.evaluate import evaluate  # noqa: E402
 from m2s2l_deploy.model import M2S2L, preset_config  # noqa: E402
 from m2s2l_deploy.model.checkpoint import save_checkpoint  # noqa: E402
-from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
+from m2s2l_deploy.export.exporter import export_onnx  # noqa: E402
 from m2s2l_deploy.runners.onnx_runner import OnnxRunner  # noqa: E402
 from m2s2l_deploy.runners.tensorrt_runner import TensorRTRunner, preflight  # noqa: E402
 
@@ -283,3 +283,4 @@ def test_runner_without_a_gpu_fails_in_one_line(builds, trained_run):
     assert "no CUDA GPU is visible" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match="CUDA devices only"):
         TensorRTRunner(builds[("plugin", "fp32")]["plan"], device="cpu")
+

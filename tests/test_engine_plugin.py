@@ -25,8 +25,8 @@ trt = pytest.importorskip("tensorrt_rtx_bindings")
 from m2s2l_deploy.engine import backend as backend_mod  # noqa: E402
 from m2s2l_deploy.engine import plugin as plug  # noqa: E402
 from m2s2l_deploy.errors import UserError  # noqa: E402
-from m2s2l_deploy.onnx_scan import INPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: E402
-from m2s2l_deploy.scan import selective_scan_ref  # noqa: E402
+from m2s2l_deploy.export.scan_graph import INPUTS, PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: E402
+from m2s2l_deploy.ops.scan import selective_scan_ref  # noqa: E402
 
 
 def _scan_inputs(b=2, d=8, n=4, g=2, L=11, seed=0):
@@ -151,9 +151,9 @@ def enqueue_on_host(softplus: int = 1) -> float:
 
 def _needs_launch():
     try:
-        importlib.import_module("m2s2l_deploy.kernels.launch")
+        importlib.import_module("m2s2l_deploy.ops.launch")
     except ImportError as e:
-        pytest.skip(f"m2s2l_deploy.kernels.launch is not importable here ({e})")
+        pytest.skip(f"m2s2l_deploy.ops.launch is not importable here ({e})")
 
 
 @pytest.mark.parametrize("softplus", [0, 1])
@@ -168,7 +168,7 @@ def test_enqueue_runs_the_triton_kernel_through_the_interpreter():
     _needs_launch()
     pytest.importorskip("triton")
     code = ("import sys; sys.path.insert(0, 'tests'); import test_engine_plugin as t; "
-            "from m2s2l_deploy.kernels import launch, scan_triton; "
+            "from m2s2l_deploy.ops.kernels import launch, scan_triton; "
             "assert launch.interpreter_requested() and scan_triton.interpreted(); "
             "print('err', t.enqueue_on_host(1))")
     env = {**os.environ, "TRITON_INTERPRET": "1"}

@@ -23,7 +23,7 @@ from m2s2l_deploy.engine.precision import is_scan_node, score_head_names, to_fp1
 from m2s2l_deploy.errors import UserError  # noqa: E402
 from m2s2l_deploy.model import M2S2L, preset_config  # noqa: E402
 from m2s2l_deploy.model.checkpoint import save_checkpoint  # noqa: E402
-from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
+from m2s2l_deploy.export.exporter import export_onnx  # noqa: E402
 
 H, W = preset_config("tiny").height, preset_config("tiny").width  # the tiny preset's input size
 

@@ -15,17 +15,18 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 import torch  # noqa: E402
 
-from m2s2l_deploy import __version__, onnx_scan  # noqa: E402
+from m2s2l_deploy import __version__  # noqa: E402
+from m2s2l_deploy.export import scan_graph  # noqa: E402
 from m2s2l_deploy.contract import InputContract, prepare_frames, sliding_clips  # noqa: E402
 from m2s2l_deploy.data import open_dataset  # noqa: E402
 from m2s2l_deploy.errors import UserError  # noqa: E402
-from m2s2l_deploy.evaluate import evaluate  # noqa: E402
+from m2s2l_deploy.jobs.evaluate import evaluate  # noqa: E402
 from m2s2l_deploy.model import M2S2L, OUTPUT_NAMES, preset_config  # noqa: E402
 from m2s2l_deploy.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from m2s2l_deploy.onnx_export import export_onnx, split_paths  # noqa: E402
+from m2s2l_deploy.export.exporter import export_onnx, split_paths  # noqa: E402
 from m2s2l_deploy.runners import OnnxRunner, TorchRunner  # noqa: E402
 from m2s2l_deploy.runners.onnx_runner import extensions_available, register_selective_scan_op  # noqa: E402
-from m2s2l_deploy.scan import selective_scan_ref  # noqa: E402
+from m2s2l_deploy.ops.scan import selective_scan_ref  # noqa: E402
 from cli_helpers import assert_user_error, run_cli  # noqa: E402
 
 from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
@@ -92,18 +93,18 @@ def scan_reference(x) -> np.ndarray:
 def test_scan_forms_match_reference_on_odd_lengths(form, length):
     """Trip count: exactly L steps (an extra iteration would change the shape or the values)."""
     x = scan_inputs(2, 8, 4, length, groups=2, seed=length)
-    model = onnx_scan.standalone_model(form, 8, 4, length, groups=2, chunk=8)
+    model = scan_graph.standalone_model(form, 8, 4, length, groups=2, chunk=8)
     onnx.checker.check_model(model, full_check=True)
     y = session(model).run(None, x)[0]
     assert y.shape == (2, 8, length)
     np.testing.assert_allclose(y, scan_reference(x), rtol=1e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("recurrence", onnx_scan.RECURRENCES)
+@pytest.mark.parametrize("recurrence", scan_graph.RECURRENCES)
 def test_loop_emits_scan_outputs_with_trip_count_L(recurrence):
     """The recurrence's stacked per-step output has L rows (no buffer rewritten, no extra step)."""
     length = 7
-    model = onnx_scan.standalone_model("loop", 4, 2, length, recurrence=recurrence)
+    model = scan_graph.standalone_model("loop", 4, 2, length, recurrence=recurrence)
     rec = [n for n in model.graph.node if n.op_type in ("Loop", "Scan")]
     assert len(rec) == 1 and rec[0].op_type == recurrence.capitalize()
     body = rec[0].attribute[0].g
@@ -117,15 +118,15 @@ def test_loop_emits_scan_outputs_with_trip_count_L(recurrence):
 
 
 def test_chunked_depth_is_logarithmic():
-    assert onnx_scan.chunked_steps(256, 256) == 16          # 2*log2(256), one chunk
-    assert onnx_scan.chunked_steps(4096, 256) == 16 * 16    # 16 chunks
-    assert onnx_scan.chunked_steps(5, 256) == 6
+    assert scan_graph.chunked_steps(256, 256) == 16          # 2*log2(256), one chunk
+    assert scan_graph.chunked_steps(4096, 256) == 16 * 16    # 16 chunks
+    assert scan_graph.chunked_steps(5, 256) == 6
 
 
 @needs_ext
 def test_plugin_function_body_and_extensions_op_agree():
     x = scan_inputs(2, 8, 4, 37, groups=4)
-    model = onnx_scan.standalone_model("plugin", 8, 4, 37, groups=4)
+    model = scan_graph.standalone_model("plugin", 8, 4, 37, groups=4)
     node = model.graph.node[0]
     assert (node.op_type, node.domain) == ("SelectiveScan", "ai.onnx.contrib")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -218,7 +219,7 @@ def test_split_export_links_and_streams(tiny_random, tmp_path):
 
 def test_runner_refuses_foreign_or_mismatched_files(tiny_random, tmp_path):
     foreign = tmp_path / "foreign.onnx"
-    onnx.save(onnx_scan.standalone_model("loop", 4, 2, 3), str(foreign))
+    onnx.save(scan_graph.standalone_model("loop", 4, 2, 3), str(foreign))
     with pytest.raises(UserError, match="not exported by m2s2l-deploy"):
         OnnxRunner(foreign)
     garbage = tmp_path / "garbage.onnx"

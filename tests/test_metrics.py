@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from m2s2l_deploy.errors import DataError
-from m2s2l_deploy.metrics import (frame_auc, frame_difference_scores, minmax_per_video, pixel_auc,
+from m2s2l_deploy.report.metrics import (frame_auc, frame_difference_scores, minmax_per_video, pixel_auc,
                                   psnr, smooth_scores)
 
 

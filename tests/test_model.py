@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from m2s2l_deploy import scan
+from m2s2l_deploy.ops import scan
 from m2s2l_deploy.errors import UserError
 from m2s2l_deploy.model import M2S2L, OUTPUT_NAMES, decorrelation_loss, preset_config, preset_names
 from m2s2l_deploy.model.flops import model_info
@@ -45,15 +45,11 @@ def test_model_scan_forms_agree():
     model = M2S2L(cfg).eval()
     clip = _clip(cfg)
     outs = {}
-    for form in (scan.selective_scan_ref, scan.selective_scan_parallel, scan.selective_scan_cpu):
-        orig = scan.selective_scan_fn
-        scan.selective_scan_fn = lambda *a, _f=form: _f(*a)
-        try:
-            with torch.no_grad():
-                outs[form.__name__] = model(clip)
-        finally:
-            scan.selective_scan_fn = orig
-    ref = outs["selective_scan_ref"]
+    for form in ("ref", "parallel", "cpu"):
+        with torch.no_grad():
+            outs[form] = model.use_scan_form(form)(clip)
+    model.use_scan_form(None)
+    ref = outs["ref"]
     for name, out in outs.items():
         for a, b in zip(out, ref):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

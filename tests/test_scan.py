@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from m2s2l_deploy.scan import (associative_scan_linear, scan_steps, selective_scan_cpu, selective_scan_fn,
+from m2s2l_deploy.ops.scan import (associative_scan_linear, scan_steps, selective_scan_cpu, selective_scan_fn,
                                selective_scan_numba, selective_scan_parallel, selective_scan_ref)
 
 FAST_FORMS = [selective_scan_parallel, selective_scan_cpu, selective_scan_numba]
@@ -99,8 +99,8 @@ def test_dispatcher_on_cpu_is_cpu_form():
 def test_cpu_training_takes_the_numba_form_and_inference_does_not():
     """The rule, and the dispatcher really running it: with a gradient the Numba kernel runs
     (forced off, the PyTorch CPU form gives the same numbers through another code path)."""
-    from m2s2l_deploy import scan
-    from m2s2l_deploy.kernels import scan_numba
+    from m2s2l_deploy.ops import scan
+    from m2s2l_deploy.ops.kernels import scan_numba
 
     rule = scan.choose_scan_form
     assert rule(on_cuda=False, needs_grad=True, have_mamba_ssm=False, have_triton=False, have_numba=True) == "numba"

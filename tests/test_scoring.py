@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.ndimage import uniform_filter
 
-from m2s2l_deploy import scoring
+from m2s2l_deploy.model import scoring
 
 
 def test_worst_patch_psnr_matches_numpy():

@@ -33,12 +33,13 @@ from m2s2l_deploy.data.video import read_video  # noqa: E402
 from m2s2l_deploy.errors import UserError  # noqa: E402
 from m2s2l_deploy.model import M2S2L, preset_config  # noqa: E402
 from m2s2l_deploy.model.checkpoint import save_checkpoint  # noqa: E402
-from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
+from m2s2l_deploy.export.exporter import export_onnx  # noqa: E402
 from m2s2l_deploy.runners.onnx_runner import OnnxRunner  # noqa: E402
 from m2s2l_deploy.serving.client import bench_streams  # noqa: E402
 from m2s2l_deploy.serving.repository import package_repository  # noqa: E402
-from m2s2l_deploy.serving.server import (Endpoints, PyTritonServer, TritonServerProcess,  # noqa: E402
-                                         free_port, served_model)
+from m2s2l_deploy.serving.network import Endpoints, free_port  # noqa: E402
+from m2s2l_deploy.serving.process import TritonServerProcess  # noqa: E402
+from m2s2l_deploy.serving.server import PyTritonServer, served_model  # noqa: E402
 from m2s2l_deploy.serving.stats import batching_summary, delta  # noqa: E402
 from cli_helpers import assert_user_error, run_cli  # noqa: E402
 
@@ -143,7 +144,7 @@ def test_scores_through_server_equal_local_runner(any_server, model_files, refer
     if threshold is None:
         assert report["threshold"] == 3.0 and report["threshold_source"] == "server"
     else:   # stream 0 plays video 0 from its first target: its alerts are those of the local scores
-        from m2s2l_deploy.alerts import alert_events
+        from m2s2l_deploy.report.alerts import alert_events
         assert report["threshold_source"] == "argument"
         targets = sorted(ref0)
         want = [ev.to_dict() for ev in alert_events([ref0[t] for t in targets], threshold)]

@@ -28,7 +28,7 @@ from m2s2l_deploy.contract import InputContract  # noqa: E402
 from m2s2l_deploy.errors import UserError  # noqa: E402
 from m2s2l_deploy.model import M2S2L, preset_config  # noqa: E402
 from m2s2l_deploy.model.checkpoint import save_checkpoint  # noqa: E402
-from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
+from m2s2l_deploy.export.exporter import export_onnx  # noqa: E402
 from m2s2l_deploy.runners.onnx_runner import OnnxRunner  # noqa: E402
 from m2s2l_deploy.serving.repository import package_repository, read_config  # noqa: E402
 from cli_helpers import assert_user_error, run_cli  # noqa: E402

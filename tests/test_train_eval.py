@@ -7,10 +7,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from m2s2l_deploy import metrics
+from m2s2l_deploy.report import metrics
 from m2s2l_deploy.data import open_dataset
 from m2s2l_deploy.model.checkpoint import load_checkpoint
-from m2s2l_deploy.train import TrainOptions, train
+from m2s2l_deploy.jobs.train import TrainOptions, train
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def test_cuda_training_gives_a_cpu_loadable_checkpoint_scored_alike_on_both(smal
     """`train --device cuda` (the parallel scan form with autograd) saves CPU tensors; the GPU and
     the CPU runner score the saved model alike."""
     from m2s2l_deploy.contract import prepare_frames
-    from m2s2l_deploy.inference import score_prepared
+    from m2s2l_deploy.jobs.clip_loop import score_prepared
     from m2s2l_deploy.runners import TorchRunner
 
     summary = train(small_scene, tmp_path / "gpu", opts=TrainOptions(steps=3, batch=4, device="cuda"),

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:                      # when run as a script (the worker processes)
     sys.path.insert(0, str(ROOT))
 
-from m2s2l_deploy import scan  # noqa: E402
+from m2s2l_deploy.ops import scan  # noqa: E402
 from m2s2l_deploy.errors import UserError  # noqa: E402
-from m2s2l_deploy.scan import selective_scan_cpu, selective_scan_ref  # noqa: E402
+from m2s2l_deploy.ops.scan import selective_scan_cpu, selective_scan_ref  # noqa: E402
 
 from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
 
@@ -109,8 +109,8 @@ def _worker_interpret(out_dir: Path) -> None:
     """TRITON_INTERPRET=1 was set before triton's import: run everything through the interpreter."""
     from safetensors.torch import save_file
 
-    from m2s2l_deploy.kernels import scan_triton
-    from m2s2l_deploy.kernels.launch import selective_scan_launch
+    from m2s2l_deploy.ops.kernels import scan_triton
+    from m2s2l_deploy.ops.launch import selective_scan_launch
     assert scan_triton.interpreted(), "the kernel module was not built by the interpreter"
     tensors, info = {}, {"interpreted": True}
 
@@ -139,8 +139,7 @@ def _worker_interpret(out_dir: Path) -> None:
     out = torch.empty_like(args["u"])                         # the plugin's call, and the dispatcher
     info["launch_returns_out"] = selective_scan_launch(**args, out=out) is out
     keep("launch", out, selective_scan_ref(**args))
-    with scan.use_scan_form("triton"):
-        keep("dispatch", scan.selective_scan_fn(*[args[k] for k in POSITIONAL]), selective_scan_ref(**args))
+    keep("dispatch", scan.selective_scan_fn(*[args[k] for k in POSITIONAL], form="triton"), selective_scan_ref(**args))
 
     errors = {}
     four = {k: args[k][:, None].expand(-1, 4, -1, -1).contiguous() for k in ("B", "C")}
@@ -169,7 +168,7 @@ def _worker_compile(out_dir: Path) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from m2s2l_deploy.kernels import scan_triton
+    from m2s2l_deploy.ops.kernels import scan_triton
     info = {"interpreted": scan_triton.interpreted(), "triton": triton.__version__, "variants": {}}
     try:
         scan_triton.selective_scan_triton(**_case_args(CASES[0]))
@@ -288,7 +287,7 @@ def test_compiled_kernel_refuses_cpu_tensors(compiled):
 
 def test_launch_config_is_fixed_and_bounded():
     pytest.importorskip("triton")
-    from m2s2l_deploy.kernels.scan_triton import launch_config
+    from m2s2l_deploy.ops.kernels.scan_triton import launch_config
     cfg16 = launch_config(16, 4096, torch.float32)
     assert (cfg16.block_d, cfg16.block_t, cfg16.num_warps) == (8, 8, 1)     # 4 lanes x 4 states per channel
     assert launch_config(8, 4096, torch.float32).block_d == 16
@@ -301,7 +300,7 @@ def test_launch_config_is_fixed_and_bounded():
 # -- launch function on CPU without the interpreter, dispatcher rule -------------------------------
 
 def test_launch_function_on_cpu_uses_the_torch_form(monkeypatch):
-    from m2s2l_deploy.kernels.launch import selective_scan_launch
+    from m2s2l_deploy.ops.launch import selective_scan_launch
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     args = _case_args(CASES[0])
     expected = selective_scan_cpu(**args)
@@ -337,11 +336,9 @@ def test_forced_forms_on_cpu():
     ref = selective_scan_ref(*positional)
     torch.testing.assert_close(scan.selective_scan_fn(*positional), selective_scan_cpu(*positional), rtol=0, atol=0)
     for form in ("ref", "parallel", "cpu"):
-        with scan.use_scan_form(form):
-            torch.testing.assert_close(scan.selective_scan_fn(*positional), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scan.selective_scan_fn(*positional, form=form), ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown scan form"):
-        with scan.use_scan_form("fast"):
-            pass
+        scan.selective_scan_fn(*positional, form="fast")
 
 
 # -- TorchRunner options ---------------------------------------------------------------------------
@@ -394,7 +391,7 @@ def test_runner_fp32_cpu_matches_the_model(tiny_checkpoint):
 # -- CUDA (runs where a GPU is present, e.g. on the lent H100) -------------------------------------
 
 def _cuda_kernel_module():
-    from m2s2l_deploy.kernels import scan_triton
+    from m2s2l_deploy.ops.kernels import scan_triton
     if scan_triton.interpreted():
         pytest.skip("triton was imported under TRITON_INTERPRET=1 in this process")
     return scan_triton

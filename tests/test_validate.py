@@ -24,9 +24,9 @@ pytest.importorskip("onnxruntime")
 from onnx import numpy_helper  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from m2s2l_deploy.onnx_export import export_onnx  # noqa: E402
+from m2s2l_deploy.export.exporter import export_onnx  # noqa: E402
 from m2s2l_deploy.runners.factory import make_runner  # noqa: E402
-from m2s2l_deploy.validate import (GATE_LIMITS, RunRecord, compare, detect_precision, error_stats,  # noqa: E402
+from m2s2l_deploy.jobs.validate import (GATE_LIMITS, RunRecord, compare, error_stats,  # noqa: E402
                                    load_test_set, record_run, run_validate)
 from cli_helpers import assert_user_error, run_cli  # noqa: E402
 
@@ -107,7 +107,7 @@ def test_int8_qdq_onnx_passes(trained_run, fp32_onnx, scene_train, full_test_set
     assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node) > 10
     assert {p.key for p in quantized.metadata_props} >= {"contract", "checkpoint_sha256"}
     runner = make_runner(onnx=out, checkpoint=trained_run, threads=1)
-    assert detect_precision(runner)[0] == "int8"
+    assert runner.precision == "int8"
     reference = record_run(make_runner(checkpoint=trained_run, threads=1), full_test_set, batch=16)
     rep = candidate_report(out, trained_run, full_test_set, reference)
     assert rep["n_frames"] == sum(len(v.labels) for v in full_test_set)
@@ -182,7 +182,7 @@ def fake_record(scores: dict, runner="x", ms=10.0) -> RunRecord:
 
 
 def fake_videos(labels: dict):
-    from m2s2l_deploy.validate import LabelledVideo
+    from m2s2l_deploy.jobs.validate import LabelledVideo
     return [LabelledVideo(k, np.zeros((len(v), 1, 4, 4), np.float32), v) for k, v in labels.items()]
 
 
@@ -209,7 +209,7 @@ def test_delta_auc_resolution_warns_when_the_set_is_too_small_for_the_gate():
     """Small score errors on 2 short videos (one clean, stretched to [0, 1] by min-max) move ΔAUC by
     more than the fp16 limit: a warning. The same error level on 6 long well-separated videos does
     not; identical scores resolve to exactly 0."""
-    from m2s2l_deploy.validate import delta_auc_resolution, markdown_report
+    from m2s2l_deploy.jobs.validate import delta_auc_resolution, markdown_report
     rng = np.random.default_rng(1)
     small = {"anom": (np.arange(60) >= 40).astype(np.uint8), "clean": np.zeros(60, np.uint8)}
     big = {f"v{i}": (np.arange(400) % 50 < 10).astype(np.uint8) for i in range(6)}

@@ -1,7 +1,6 @@
-"""`bench` (a video through any runner, with alerts) and `validate` (candidate vs PyTorch) (issue #5).
-
-Commands register on the shared Typer ``app`` of ``cli.py``.
-"""
+"""Verbs that check a deployed model: ``validate`` (candidate vs PyTorch on labelled data),
+``bench`` (a video through any runner, with alerts) and ``bench-server`` (camera streams against
+a running Triton server; ``bench --server URL`` is kept as its alias)."""
 
 from __future__ import annotations
 
@@ -11,10 +10,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
-from .cli import _progress, _write_json, app, console, out
-from .errors import UserError
+from ..errors import UserError
+from .common import console, needs_torch, out, progress, set_torch_threads, write_json
+from .tables import print_bench_summary
 
 
 def _bench_progress(prog):
@@ -23,62 +22,6 @@ def _bench_progress(prog):
     def cb(done, total):
         prog.update(task, completed=done, total=total, info=f"{done} frames")
     return cb
-
-
-def _settings_table(s: dict) -> Table:
-    t = Table(title="bench settings")
-    t.add_column("setting")
-    t.add_column("value")
-    vi = s["video_info"]
-    t.add_row("video", f"{s['video']} ({vi['width']}x{vi['height']}, {vi['fps']:g} fps, {vi['frames_decoded']} frames decoded)")
-    t.add_row("runner", s["runner"])
-    m = s.get("machine", {})
-    t.add_row("machine", f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores" + (f", {m['gpu']}" if m.get("gpu") else ""))
-    rate = f"{s['scores_fps']:g} fps" if s.get("scores_fps") else "source rate"
-    t.add_row("frame rate", f"resampled to {rate} (model's training rate)" if s["resampled"] else rate)
-    t.add_row("batch / warm-up calls", f"{s['batch']} / {s['warmup_calls']}")
-    thr = "none (no alerts)" if s["threshold"] is None else f"{s['threshold']:.3f} ({s['threshold_source']})"
-    t.add_row("threshold", thr)
-    r = s["alert_rules"]
-    t.add_row("alert rules", f"raise after {r['min_frames']} frames above, merge gaps <= {r['merge_gap']} frames")
-    return t
-
-
-def _results_table(s: dict) -> Table:
-    t = Table(title="bench results")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_row("frames scored", f"{s['n_frames']} ({s['n_flagged_frames']} before the first full clip, flagged)")
-    lat = s["latency_ms"]
-    t.add_row("latency per clip p50 / p90 / p99", f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['p99']:.1f} ms")
-    t.add_row("FPS model only", f"{s['fps_model']:.1f}")
-    t.add_row("FPS end to end (decode included)", f"{s['fps_e2e']:.1f}")
-    tm = s["timing"]
-    t.add_row("wall / model / decode / contract", f"{tm['wall_s']:.2f} / {tm['model_s']:.2f} / {tm['decode_s']:.2f} / {tm['preprocess_s']:.2f} s")
-    sc = s["score"]
-    t.add_row("score min / mean / max", f"{sc['min']:.2f} / {sc['mean']:.2f} / {sc['max']:.2f}")
-    t.add_row("alert events", str(len(s["alerts"])))
-    return t
-
-
-def _alerts_table(s: dict) -> Table | None:
-    if not s["alerts"]:
-        return None
-    t = Table(title="alerts")
-    for col in ("#", "start", "end", "peak frame", "peak score", "raised at"):
-        t.add_column(col, justify="right")
-    for i, a in enumerate(s["alerts"], 1):
-        def at(key):
-            return f"{a[key + '_frame']}" + (f" ({a[key + '_s']:.1f} s)" if key + "_s" in a else "")
-        t.add_row(str(i), at("start"), at("end"), at("peak"), f"{a['peak_score']:.2f}", at("raised"))
-    return t
-
-
-def print_bench_summary(s: dict) -> None:
-    out.print(_settings_table(s))
-    out.print(_results_table(s))
-    if (t := _alerts_table(s)) is not None:
-        out.print(t)
 
 
 def _threshold_arg(text: str):
@@ -93,24 +36,35 @@ def _threshold_arg(text: str):
         raise UserError(f"--threshold must be auto, none or a number, got '{text}'") from None
 
 
-def _server_bench(videos, server, streams, duration, threshold, json_out, local_only):
-    """`bench --server URL`: the serving helper's stream load test, printed and written as JSON."""
-    if local_only:
-        raise UserError(f"{', '.join(local_only)} cannot be used with --server (the server runs its own model)")
+def _server_bench(videos, server, streams, duration, threshold, json_out):
+    """The serving client's stream load test, printed and written as JSON."""
     if streams < 1:
         raise UserError(f"--streams must be >= 1, got {streams}")
     try:
-        from .serving.client import bench_streams
+        from ..serving.client import bench_streams
     except ImportError as e:
         raise UserError(f"server mode needs the serve extra ({e}); pip install 'm2s2l-deploy[serve]'") from None
     thr = threshold if isinstance(threshold, float) else None
     result = bench_streams([Path(v) for v in videos], server, streams, duration, thr, console.print)
     out.print_json(json.dumps(result, default=str))
-    _write_json(json_out, result)
+    write_json(json_out, result)
     return result
 
 
-@app.command()
+def bench_server(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Video files, one per camera stream (reused round-robin)."),
+                 server: str = typer.Option(..., "--server", help="URL of a running `serve` endpoint (grpc://HOST:PORT or http://HOST:PORT)."),
+                 streams: int = typer.Option(1, help="Concurrent video streams."),
+                 duration: Optional[float] = typer.Option(None, help="Seconds to run (default: each video once)."),
+                 threshold: str = typer.Option("auto", help="Alert threshold: auto (the server's calibrated one), a number, or none."),
+                 json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON.")):
+    """Load-test a running Triton server with N concurrent camera streams: throughput, latency, alerts.
+
+    Per-stream scores and alerts, p50/p99 latency, failed requests; a server restart is ridden out
+    (the gap is reported and the streams resume). The server runs its own model: no local runner.
+    """
+    _server_bench(videos, server, streams, duration, _threshold_arg(threshold), json_out)
+
+
 def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Video file (several only with --server)."),
           checkpoint: Optional[Path] = typer.Option(None, help="Run folder from `train` (PyTorch runner; with --onnx/--engine: checked against them)."),
           onnx: Optional[Path] = typer.Option(None, "--onnx", help="Exported ONNX (ONNX Runtime); a --split export's NAME.onnx runs as the streaming runner."),
@@ -132,7 +86,7 @@ def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Vid
           plot: Optional[Path] = typer.Option(None, "--plot", help="Score plot PNG (threshold, alerts, flagged frames)."),
           annotate: Optional[Path] = typer.Option(None, "--annotate", help="Annotated video (.mp4 or .avi) with score and live alert state."),
           allow_truncated: bool = typer.Option(False, "--allow-truncated", help="Score the decodable part of a truncated/damaged video instead of failing."),
-          server: Optional[str] = typer.Option(None, "--server", help="Benchmark a running `serve` endpoint at this URL instead of a local runner."),
+          server: Optional[str] = typer.Option(None, "--server", help="Alias of `bench-server VIDEO... --server URL`: load-test a running `serve` endpoint instead of a local runner."),
           streams: int = typer.Option(1, help="--server: concurrent video streams."),
           duration: Optional[float] = typer.Option(None, help="--server: seconds to run (default: each video once).")):
     """Score a video frame by frame as a live system would: causal scores, alerts, latency, FPS.
@@ -145,24 +99,30 @@ def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Vid
         local_only = [name for name, v in (("--checkpoint", checkpoint), ("--onnx", onnx), ("--engine", engine),
                                            ("--scores-csv", scores_csv), ("--plot", plot), ("--annotate", annotate))
                       if v is not None]
-        _server_bench(videos, server, streams, duration, thr, json_out, local_only)
+        if local_only:       # the alias keeps refusing what `bench-server` has no option for
+            raise UserError(f"{', '.join(local_only)} cannot be used with --server (the server runs its own model)")
+        _server_bench(videos, server, streams, duration, thr, json_out)
         return
     if len(videos) != 1:
         raise UserError(f"bench takes one video without --server ({len(videos)} given)")
-    from .bench import run_bench
+    from ..jobs.bench import BenchOutputs, run_bench
+    from ..runners.factory import RunnerSpec, infer_backend
 
-    with _progress() as prog:
-        summary = run_bench(videos[0], checkpoint=checkpoint, onnx=onnx, engine=engine, backend=backend, device=device,
-                            threads=threads, dtype=dtype, cuda_graph=cuda_graph, compile=compile, batch=batch, max_frames=max_frames, threshold=thr, min_frames=min_frames,
-                            merge_gap=merge_gap, warmup=warmup, json_out=json_out, scores_csv=scores_csv, plot=plot,
-                            annotate=annotate, allow_truncated=allow_truncated, progress=_bench_progress(prog),
-                            log=console.print)
+    if infer_backend(checkpoint, onnx, engine, backend) == "torch":
+        needs_torch("bench --checkpoint (the PyTorch runner)")
+        set_torch_threads(threads)
+    spec = RunnerSpec(checkpoint=checkpoint, onnx=onnx, engine=engine, backend=backend, device=device, threads=threads,
+                      dtype=dtype, cuda_graph=cuda_graph, compile=compile)
+    with progress() as prog:
+        summary = run_bench(videos[0], spec, BenchOutputs(json_out, scores_csv, plot, annotate),
+                            progress=_bench_progress(prog), log=console.print, batch=batch, max_frames=max_frames,
+                            threshold=thr, min_frames=min_frames, merge_gap=merge_gap, warmup=warmup,
+                            allow_truncated=allow_truncated)
     print_bench_summary(summary)
     for key, path in summary.get("outputs", {}).items():
         console.print(f"wrote {path}")
 
 
-@app.command()
 def validate(checkpoint: Path = typer.Option(..., help="Run folder from `train`: the PyTorch reference."),
              onnx: Optional[Path] = typer.Option(None, "--onnx", help="Candidate ONNX (fp32, fp16 or Q/DQ int8; a --split NAME.onnx streams)."),
              engine: Optional[Path] = typer.Option(None, "--engine", help="Candidate TensorRT engine plan."),
@@ -182,9 +142,11 @@ def validate(checkpoint: Path = typer.Option(..., help="Run folder from `train`:
     correlation >= 0.999 fp32, 0.99 fp16, 0.97 int8; frame-score p99 relative error 1e-3 fp32,
     0.02 fp16, 0.25 int8); exit 1 when a gate fails, 2 on a usage error.
     """
-    from .validate import run_validate
+    needs_torch("validate (its reference is the PyTorch model)")
+    set_torch_threads(threads)
+    from ..jobs.validate import run_validate
 
-    with _progress() as prog:
+    with progress() as prog:
         def factory(label, total):
             task = prog.add_task(label, total=total, info="")
             return lambda n: prog.advance(task, n)
@@ -199,4 +161,4 @@ def validate(checkpoint: Path = typer.Option(..., help="Run folder from `train`:
         failed = ", ".join(f"{g['name']} {g['value']:.4g} (limit {g['comparison']} {g['limit']:g})"
                            if g["value"] is not None else f"{g['name']} n/a" for g in report["gates"] if not g["passed"])
         console.print(f"[red]validation FAILED:[/red] {failed}", highlight=False, soft_wrap=True)
-        sys.exit(1)     # not typer.Exit: cli.main runs the app with standalone_mode=False, which drops its code
+        sys.exit(1)     # not typer.Exit: main() runs the app with standalone_mode=False, which drops its code

@@ -1,7 +1,5 @@
-"""`build-engine`: TensorRT / TensorRT-RTX engines from an exported ONNX (issue #4).
-
-Commands register on the shared Typer ``app`` of ``cli.py``.
-"""
+"""Verbs that turn a checkpoint into deployable files: ``export`` (ONNX) and ``build-engine``
+(TensorRT / TensorRT-RTX plan + sidecar)."""
 
 from __future__ import annotations
 
@@ -10,10 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
-
-from .cli import app, console, out
-from .errors import UserError
+from ..errors import UserError, require
+from .common import console, needs_torch, out
+from .tables import engine_summary, engine_table
 
 
 def _parse_ccs(text: str | None) -> list[str] | None:
@@ -27,36 +24,24 @@ def _parse_ccs(text: str | None) -> list[str] | None:
     return ccs
 
 
-def _summary(result) -> dict:
-    side = result.summary
-    return {"plan": str(result.plan), "sidecar": str(result.sidecar), "precision": result.precision,
-            "backend": side["backend"], "device": side["device"], "targets": side["targets"],
-            "profile": side["profile"], "build_seconds": round(result.build_seconds, 2),
-            "precision_onnx": str(result.precision_onnx) if result.precision_onnx else None,
-            "layers": side["network"]["layers"], "plugin_layers": len(side["network"]["plugin_layers"]),
-            "half_layers": side["network"]["half_layers"], "int8_layers": side["network"]["int8_layers"],
-            "onnx_sha256": side["onnx"]["sha256"], "calibration": side.get("calibration")}
+def export(checkpoint: Path = typer.Option(..., help="Run folder from `train`."),
+           scan: str = typer.Option("loop", help="loop (ONNX Loop recurrence) | chunked (log-depth, bounded memory) | plugin (SelectiveScan custom node + function body)."),
+           output: Optional[Path] = typer.Option(None, help="Output file (default export/m2s2l-PRESET-SCAN.onnx); with --split NAME.encoder.onnx + NAME.head.onnx."),
+           opset: int = typer.Option(17, help="ONNX opset (>= 17)."),
+           batch: str = typer.Option("dynamic", help="dynamic, or a fixed batch size N."),
+           split: bool = typer.Option(False, "--split", help="Per-frame encoder + clip head (streams encode each frame once)."),
+           chunk: int = typer.Option(256, help="--scan chunked: time steps per chunk (bounds memory; see export/README.md).")):
+    """Export a checkpoint to ONNX (checked, with the input contract in its metadata)."""
+    needs_torch("export")
+    require("onnx", "`export`", "onnx")
+    from ..export.exporter import export_onnx, parse_batch
+
+    result = export_onnx(checkpoint, output, scan=scan, opset=opset, batch=parse_batch(batch), split=split, chunk=chunk)
+    for path in result.paths:
+        out.print(f"wrote {path} ({result.nodes[path.name]} nodes, scan '{result.scan_form}')")
 
 
-def _table(s: dict) -> Table:
-    t = Table(title=f"engine {Path(s['plan']).name}")
-    t.add_column("field")
-    t.add_column("value")
-    t.add_row("backend", f"{s['backend']['name']} {s['backend']['version']}")
-    t.add_row("precision", s["precision"] + (f" (ONNX: {s['precision_onnx']})" if s["precision_onnx"] else ""))
-    t.add_row("built on", s["device"])
-    t.add_row("runs on compute capability", ", ".join(s["targets"]))
-    for name, p in s["profile"].items():
-        t.add_row(f"profile '{name}'", f"min {p['min']}  opt {p['opt']}  max {p['max']}")
-    t.add_row("layers", f"{s['layers']} ({s['plugin_layers']} SelectiveScan plugin, {s['half_layers']} FP16, "
-                        f"{s['int8_layers']} INT8)")
-    t.add_row("build time", f"{s['build_seconds']:.1f} s")
-    t.add_row("sidecar", s["sidecar"])
-    return t
-
-
-@app.command("build-engine")
-def build_engine_cmd(
+def build_engine(
         onnx: Path = typer.Option(..., "--onnx", help="ONNX file from `m2s2l-deploy export` (any --scan form)."),
         fp16: bool = typer.Option(False, "--fp16", help="FP16 mixed precision: scans, exp/softplus/log, norms and the score head stay FP32 (onnxconverter-common)."),
         int8: bool = typer.Option(False, "--int8", help="Explicit Q/DQ INT8 (onnxruntime.quantization, per-channel symmetric weights, no Q/DQ in scans)."),
@@ -78,7 +63,7 @@ def build_engine_cmd(
     Without a GPU, TensorRT-RTX builds ahead of time for its default GPUs; no plan can run on this
     machine. The FP16/INT8 ONNX written next to the plan runs in ONNX Runtime.
     """
-    from .engine.build import build_engine
+    from ..engine.build import build_engine as build
 
     if fp16 and int8:
         raise UserError("give --fp16 or --int8, not both")
@@ -88,14 +73,14 @@ def build_engine_cmd(
                   compute_capabilities=_parse_ccs(compute_capability), threads=threads)
     if console.is_terminal:
         with console.status("building engine") as status:
-            result = build_engine(onnx, output, precision=precision, calib_data=calib_data,
+            result = build(onnx, output, precision=precision, calib_data=calib_data,
                                   backend=None if backend == "auto" else backend,
                                   log=lambda msg: (status.update(msg), console.print(msg)), **kwargs)
     else:
-        result = build_engine(onnx, output, precision=precision, calib_data=calib_data,
+        result = build(onnx, output, precision=precision, calib_data=calib_data,
                               backend=None if backend == "auto" else backend, log=console.print, **kwargs)
-    summary = _summary(result)
+    summary = engine_summary(result)
     if json_out:
         out.print_json(json.dumps(summary))
     else:
-        out.print(_table(summary))
+        out.print(engine_table(summary))

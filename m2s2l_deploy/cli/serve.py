@@ -1,7 +1,5 @@
-"""`package` (Triton model repositories) and `serve` (Triton Inference Server via PyTriton) (issue #7).
-
-Commands register on the shared Typer ``app`` of ``cli.py``.
-"""
+"""Verbs that put a model behind a server: ``package`` (a Triton model repository) and ``serve``
+(Triton Inference Server via PyTriton, or the shipped tritonserver on a packaged repository)."""
 
 from __future__ import annotations
 
@@ -10,11 +8,10 @@ from typing import Optional
 
 import typer
 
-from .cli import _write_json, app, console, out  # noqa: F401
-from .errors import UserError
+from ..errors import UserError
+from .common import console, out, set_torch_threads, write_json
 
 
-@app.command()
 def package(triton: Path = typer.Option(..., "--triton", metavar="OUT_REPO",
                                         help="Model repository folder; the model goes to OUT_REPO/NAME/ (config.pbtxt + 1/...)."),
             onnx: Optional[Path] = typer.Option(None, "--onnx", help="Exported ONNX (whole graph, --batch dynamic). With tensorrt_plan: the ONNX the plan was built from, for its dims."),
@@ -35,7 +32,7 @@ def package(triton: Path = typer.Option(..., "--triton", metavar="OUT_REPO",
     The config (dims from the ONNX, dynamic batching, instance groups, the input contract as
     parameters) is parsed back with Triton's own schema before the folder is moved into place.
     """
-    from .serving.repository import package_repository
+    from ..serving.repository import package_repository
 
     result = package_repository(triton, platform, onnx=onnx, engine=engine, name=name, max_batch=max_batch,
                                 instances=instances, device=device, queue_delay_us=queue_delay_us, threads=threads,
@@ -44,13 +41,13 @@ def package(triton: Path = typer.Option(..., "--triton", metavar="OUT_REPO",
               + ", ".join(result.files[:4]) + (" ..." if len(result.files) > 4 else ""))
     for note in result.notes:
         console.print(f"note: {note}")
-    _write_json(json_out, result.to_dict())
+    write_json(json_out, result.to_dict())
 
 
 def _serve_repository(repository: Path, endpoints, log_verbose: int):
     """The shipped tritonserver on a packaged repository (it has the Python backend only)."""
-    from .serving.repository import read_config
-    from .serving.server import TritonServerProcess
+    from ..serving.process import TritonServerProcess
+    from ..serving.repository import read_config
 
     for cfg_path in sorted(Path(repository).glob("*/config.pbtxt")):
         cfg = read_config(cfg_path)
@@ -61,7 +58,6 @@ def _serve_repository(repository: Path, endpoints, log_verbose: int):
     return TritonServerProcess(repository, endpoints, log_verbose=log_verbose)
 
 
-@app.command()
 def serve(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder from `train` (served with the PyTorch runner)."),
           onnx: Optional[Path] = typer.Option(None, "--onnx", help="Exported whole-graph ONNX (served with the ONNX Runtime runner)."),
           repository: Optional[Path] = typer.Option(None, "--repository", help="Instead: a repository from `package --platform python`, served by the tritonserver binary nvidia-pytriton ships."),
@@ -72,7 +68,7 @@ def serve(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="
           max_batch: int = typer.Option(8, help="Largest batch the dynamic batcher forms."),
           instances: int = typer.Option(1, help="Model instances (each with its own runner)."),
           queue_delay_us: int = typer.Option(500, help="Dynamic batcher: longest wait for more requests (µs)."),
-          threads: Optional[int] = typer.Option(None, help="Runner CPU threads per instance (default: the runtime's choice)."),
+          threads: Optional[int] = typer.Option(None, help="CPU threads: ONNX Runtime intra-op threads per instance, or PyTorch threads of the process (default: the runtime's choice)."),
           log_verbose: int = typer.Option(0, help="tritonserver --log-verbose level."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Once ready, write the endpoints and listening sockets as JSON.")):
     """Run a Triton Inference Server with the model, dynamic batching, health and metrics, until Ctrl-C.
@@ -81,7 +77,9 @@ def serve(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="
     Prometheus metrics on --metrics-port (/metrics). The model config carries the input contract, so
     `m2s2l-deploy bench VIDEO --server grpc://HOST:PORT` prepares frames exactly as the model expects.
     """
-    from .serving.server import Endpoints, PyTritonServer, listening_addresses, served_model
+    from ..serving.network import Endpoints
+    from ..serving.procfs import listening_addresses
+    from ..serving.server import PyTritonServer, served_model
 
     given = sum(x is not None for x in (checkpoint, onnx, repository))
     if given != 1:
@@ -97,6 +95,8 @@ def serve(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="
     if repository is not None:
         server = _serve_repository(repository, endpoints, log_verbose)
     else:
+        if checkpoint is not None:
+            set_torch_threads(threads)
         server = PyTritonServer(served_model(checkpoint, onnx, threads), endpoints, max_batch=max_batch,
                                 instances=instances, queue_delay_us=queue_delay_us, log_verbose=log_verbose)
     server.start()
@@ -107,7 +107,7 @@ def serve(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="
         out.print(f"serving on {e.host}: HTTP {e.http_url}  gRPC {e.grpc_url}  metrics {e.metrics_url}  "
                   f"health {e.health_url}")
         out.print("listening: " + ", ".join(f"{a}:{p}" for a, p in listening))
-        _write_json(json_out, {"http_url": e.http_url, "grpc_url": e.grpc_url, "metrics_url": e.metrics_url,
+        write_json(json_out, {"http_url": e.http_url, "grpc_url": e.grpc_url, "metrics_url": e.metrics_url,
                                "health_url": e.health_url, "server_pids": pids,
                                "listening": [[a, p] for a, p in listening]})
         if repository is not None:
@@ -121,7 +121,7 @@ def serve(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="
 
 def _wait_process(server) -> None:
     """Block until Ctrl-C / SIGTERM or until tritonserver exits by itself."""
-    from .serving.server import wait_for_signal
+    from ..serving.process import wait_for_signal
 
     if not wait_for_signal(server.running):
         console.print(f"tritonserver exited; log {server.log_path}:\n{server.log_tail()}")

@@ -1,7 +1,9 @@
-"""TensorRT engines from exported ONNX (issue #4): backend, precision, plugin, build, sidecar.
+"""TensorRT engines from exported ONNX: backend, precision, plugin, build, sidecar.
 
 ``build_engine`` is the entry point; see ``build.py``. Heavy dependencies (tensorrt or
-tensorrt_rtx, onnxconverter-common, onnxruntime.quantization) are imported only when used.
+tensorrt_rtx, onnxconverter-common, onnxruntime.quantization) are imported only when used. The
+engine layer works from ONNX files: it never imports the PyTorch model (``export.scan_graph``, the
+SelectiveScan node's ONNX definition, is torch-free).
 """
 
 from __future__ import annotations

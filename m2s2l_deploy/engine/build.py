@@ -27,17 +27,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..contract import InputContract
 from ..errors import UserError
-from ..files import atomic_write_bytes, atomic_write_json, writable_output
+from ..export.scan_graph import DOMAIN
+from ..files import atomic_write_bytes, atomic_write_json, file_sha256, output_path
 from . import sidecar as sc
 from .backend import Backend, load_backend
 from .calibration import DEFAULT_CLIPS, DEFAULT_DIR
-from ..onnx_scan import DOMAIN
 from .plugin import PLUGIN_NAME, fields_to_dict, plugin_descriptor, register_plugin
 from .precision import CALIB_METHODS
+
+if TYPE_CHECKING:
+    import onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCH = (1, 4, 16)
@@ -70,7 +74,7 @@ class BuildResult:
 
 
 # -- 1. the export ------------------------------------------------------------------------------
-def load_export(path) -> tuple["onnx.ModelProto", dict]:  # noqa: F821
+def load_export(path) -> tuple[onnx.ModelProto, dict]:
     """(model, metadata) of an m2s2l-deploy export; one-line UserError for anything else."""
     import onnx
 
@@ -114,7 +118,7 @@ def _batch_profile(model, min_b: int, opt_b: int, max_b: int) -> dict[str, dict]
 
 
 # -- 3. parser fixes ----------------------------------------------------------------------------
-def tensorrt_ready(model) -> tuple["onnx.ModelProto", list[str]]:  # noqa: F821
+def tensorrt_ready(model) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` with the fixes the TensorRT ONNX parsers need; returns (model, fixes)."""
     import onnx
     from onnx import helper
@@ -332,11 +336,12 @@ def build_engine(onnx_path, output=None, precision: str = "fp32", calib_data=Non
     profile = _batch_profile(model, min_batch, opt_batch, max_batch)
     be = load_backend(backend)
     compute_capabilities = check_compute_capabilities(be, compute_capabilities)
-    plan = writable_output(Path(output) if output is not None else default_plan_path(onnx_path, precision), "model.plan")
+    plan = output_path(Path(output) if output is not None else default_plan_path(onnx_path, precision), "engine plan",
+                       example_name="model.plan")
     side_path = sc.sidecar_path(plan)
     timing_cache = Path(timing_cache) if timing_cache is not None else None
     if timing_cache is not None:
-        writable_output(timing_cache, "timing.cache")
+        output_path(timing_cache, "timing cache", example_name="timing.cache")
     contract = InputContract.from_dict(json.loads(meta["contract"]))
 
     record: dict = {}
@@ -350,7 +355,7 @@ def build_engine(onnx_path, output=None, precision: str = "fp32", calib_data=Non
         clips, record["calibration"] = calibration_set(contract, calib_data, calib_clips, Path(calib_dir), log=log)
         log(f"calibrating INT8 ({calib_method}, {len(clips)} clips) and inserting Q/DQ (onnxruntime.quantization)")
         input_name = next(iter(profile))
-        ranges = Path(calib_dir) / (f"ranges-{sc.file_sha256(onnx_path)[:16]}-{record['calibration'].get('key', 'set')}"
+        ranges = Path(calib_dir) / (f"ranges-{file_sha256(onnx_path)[:16]}-{record['calibration'].get('key', 'set')}"
                                     f"-{calib_method}.json")
         model, record["precision_info"] = to_int8(model, clips, calib_method, input_name=input_name,
                                                   ranges_cache=ranges)
@@ -386,9 +391,9 @@ def build_engine(onnx_path, output=None, precision: str = "fp32", calib_data=Non
         "targets": info["targets"],
         "targets_source": info["targets_source"],
         "profile": profile,
-        "onnx": {"path": str(onnx_path), "sha256": sc.file_sha256(onnx_path)},
-        "built_onnx": ({"path": str(precision_onnx), "sha256": sc.file_sha256(precision_onnx)}
-                       if precision_onnx is not None else {"path": str(onnx_path), "sha256": sc.file_sha256(onnx_path)}),
+        "onnx": {"path": str(onnx_path), "sha256": file_sha256(onnx_path)},
+        "built_onnx": ({"path": str(precision_onnx), "sha256": file_sha256(precision_onnx)}
+                       if precision_onnx is not None else {"path": str(onnx_path), "sha256": file_sha256(onnx_path)}),
         "model": _model_record(meta),
         "threshold": float(meta["threshold"]) if meta.get("threshold") else None,
         "plugins": ([{**plugin_descriptor(), "layers": len(network["plugin_layers"])}]

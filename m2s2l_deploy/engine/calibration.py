@@ -24,7 +24,7 @@ import numpy as np
 
 from ..contract import InputContract, prepare_frames, resample_indices, sliding_clips
 from ..errors import UserError
-from ..model.checkpoint import atomic_write_bytes, atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json
 
 DEFAULT_CLIPS = 64
 DEFAULT_DIR = Path("calibration")

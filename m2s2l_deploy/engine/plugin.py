@@ -1,6 +1,6 @@
 """The selective-scan TensorRT plugin: a Python IPluginV3 for ``ai.onnx.contrib::SelectiveScan``.
 
-The exporter's ``--scan plugin`` node (onnx_scan.py) carries ``plugin_namespace="m2s2l"``,
+The exporter's ``--scan plugin`` node (export/scan_graph.py) carries ``plugin_namespace="m2s2l"``,
 ``plugin_version="1"`` and the parameter ``delta_softplus``; its inputs are
 ``u, delta (b, d, L); A (d, n); B, C (b, g, n, L); D, delta_bias (d,)`` and its output
 ``y (b, d, L)``, all float32. TensorRT's ONNX parser looks the creator up by
@@ -19,7 +19,7 @@ builder and ``TensorRTRunner`` do).
 
 ``enqueue`` maps TensorRT's raw device pointers onto torch tensors without copying
 (``tensor_at``: a ``__cuda_array_interface__`` view for CUDA memory, a ctypes buffer for host
-memory) and calls one plain function, ``m2s2l_deploy.kernels.launch.selective_scan_launch``
+memory) and calls one plain function, ``m2s2l_deploy.ops.launch.selective_scan_launch``
 (OpenAI-Triton kernel on CUDA, torch form on CPU), on TensorRT's stream, writing into the output
 buffer. The classes derive from the backend module's own base classes, so they are made per
 module by ``plugin_classes(trt)``.
@@ -33,7 +33,7 @@ from types import ModuleType
 
 import numpy as np
 
-from ..onnx_scan import INPUTS, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from ..export.scan_graph import INPUTS, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 PLUGIN_NAME = OP_TYPE
 FIELDS = ("delta_softplus",)
@@ -93,7 +93,7 @@ def _torch_dtype(trt: ModuleType, dtype) -> str:
 
 def _launch():
     """The plain launch function (imported lazily: OpenAI Triton / CUDA only when enqueue runs)."""
-    from ..kernels.launch import selective_scan_launch
+    from ..ops.launch import selective_scan_launch
     return selective_scan_launch
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..onnx_scan import DOMAIN, OP_TYPE
+from ..export.scan_graph import DOMAIN, OP_TYPE
 
 SCAN_SITE = re.compile(r"^(.*?SelectiveScan\d*/)")
 SCORE_OUTPUTS = ("frame_score", "score_map")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import file_sha256  # noqa: F401  (build.py uses sc.file_sha256)
+from ..files import file_sha256
 
 FORMAT = "m2s2l-deploy/engine/1"
 # TensorRT-RTX's default targets when none are set: its docs say engines run on compute
@@ -76,14 +76,14 @@ def check_plan(plan: Path, side: dict) -> None:
                         "the matching pair")
 
 
-def check_model(side: dict, checkpoint=None, onnx=None, plan_name: str = "plan") -> None:
-    """Refuse a plan built from another model than ``checkpoint`` (run folder) or ``onnx`` (file)."""
-    if checkpoint is not None:
-        from ..model.checkpoint import Checkpoint, load_checkpoint
-        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, with_weights=False)
+def check_model(side: dict, checkpoint_sha256: str | None = None, checkpoint_name: str = "the checkpoint",
+                onnx=None, plan_name: str = "plan") -> None:
+    """Refuse a plan built from another model than a checkpoint (the sha256 of its weights, which
+    the caller reads: the engine layer never opens PyTorch checkpoints) or ``onnx`` (file)."""
+    if checkpoint_sha256 is not None:
         want = side.get("model", {}).get("checkpoint_sha256")
-        if want != ckpt.weights_sha256:
-            raise UserError(f"{plan_name} was built from another model than checkpoint {ckpt.path} "
+        if want != checkpoint_sha256:
+            raise UserError(f"{plan_name} was built from another model than checkpoint {checkpoint_name} "
                             "(weights sha256 differs)")
     if onnx is not None:
         onnx = Path(onnx)

@@ -1,11 +1,11 @@
-"""``m2s2l-deploy export``: a checkpoint to a checked, self-describing ONNX file (DESIGN.md §6).
+"""``m2s2l-deploy export``: a checkpoint to a checked, self-describing ONNX file.
 
 How: every ``ScanOp`` of the model is routed, for the duration of the export only, through an
 autograd Function whose ``symbolic`` emits one intermediate node
 ``ai.onnx.contrib::SelectiveScan(u, delta, A, B, C, D, delta_bias)`` (B/C always grouped,
 attributes ``delta_softplus`` and the static ``length``). The model is traced once with PyTorch's
 TorchScript exporter (``dynamo=False``: it takes the symbolic as given and keeps the batch axis
-dynamic), then ``onnx_scan.rewrite_scans`` turns each node into the chosen form (loop, chunked or
+dynamic), then ``scan_graph.rewrite_scans`` turns each node into the chosen form (loop, chunked or
 plugin). The result is checked (``onnx.checker`` with ``full_check`` and strict shape inference),
 given metadata that a runner needs (input contract, names, checkpoint hash, scan form) and written
 atomically.
@@ -30,12 +30,12 @@ import onnx
 import torch
 import torch.nn as nn
 
-from . import __version__, onnx_scan
-from .errors import UserError
-from .model import INPUT_NAME, OUTPUT_NAMES
-from .files import atomic_write_bytes, writable_output
-from .model.checkpoint import Checkpoint, load_checkpoint
-from .model.m2s2l import M2S2L
+from .. import __version__
+from ..errors import UserError
+from ..files import atomic_write_bytes, output_path
+from ..model.checkpoint import Checkpoint, load_checkpoint
+from ..model.m2s2l import INPUT_NAME, OUTPUT_NAMES, M2S2L
+from . import scan_graph
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
@@ -61,7 +61,7 @@ class _ScanNode(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, u, delta, A, B, C, D, delta_bias, length):
-        node = g.op(f"{onnx_scan.DOMAIN}::{onnx_scan.OP_TYPE}", u, delta, A, B, C, D, delta_bias,
+        node = g.op(f"{scan_graph.DOMAIN}::{scan_graph.OP_TYPE}", u, delta, A, B, C, D, delta_bias,
                     delta_softplus_i=1, length_i=length)
         return node.setType(u.type())
 
@@ -147,7 +147,7 @@ def _trace(module: nn.Module, args: tuple, input_names, output_names, dynamic: d
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=list(input_names),
                           output_names=list(output_names), dynamic_axes=dynamic or None,
-                          custom_opsets={onnx_scan.DOMAIN: 1}, do_constant_folding=True)
+                          custom_opsets={scan_graph.DOMAIN: 1}, do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -184,9 +184,9 @@ def _metadata(ckpt: Checkpoint, scan: str, opset: int, batch, chunk: int, graph:
     if scan == "chunked":
         meta["scan_chunk"] = str(chunk)
     if scan == "plugin":
-        meta["plugin"] = json.dumps({"op_type": onnx_scan.OP_TYPE, "domain": onnx_scan.DOMAIN,
-                                     "plugin_namespace": onnx_scan.PLUGIN_NAMESPACE,
-                                     "plugin_version": onnx_scan.PLUGIN_VERSION})
+        meta["plugin"] = json.dumps({"op_type": scan_graph.OP_TYPE, "domain": scan_graph.DOMAIN,
+                                     "plugin_namespace": scan_graph.PLUGIN_NAMESPACE,
+                                     "plugin_version": scan_graph.PLUGIN_VERSION})
     threshold = ckpt.threshold
     if threshold is not None:
         meta["threshold"] = repr(float(threshold))
@@ -195,7 +195,7 @@ def _metadata(ckpt: Checkpoint, scan: str, opset: int, batch, chunk: int, graph:
 
 
 def _finish(model: onnx.ModelProto, scan: str, chunk: int, meta: dict, what: str) -> tuple[onnx.ModelProto, int]:
-    sites = onnx_scan.rewrite_scans(model, scan, chunk=chunk)
+    sites = scan_graph.rewrite_scans(model, scan, chunk=chunk)
     model.producer_name, model.producer_version = "m2s2l-deploy", __version__
     model.doc_string = f"M2S2L video anomaly detector ({what}), selective scan as '{scan}'"
     onnx.helper.set_model_props(model, meta)
@@ -223,8 +223,8 @@ def default_output(ckpt: Checkpoint, scan: str) -> Path:
 
 
 def _validate(scan: str, opset: int, batch, chunk: int):
-    if scan not in onnx_scan.SCAN_FORMS:
-        raise UserError(f"unknown --scan '{scan}' (choose from {', '.join(onnx_scan.SCAN_FORMS)})")
+    if scan not in scan_graph.SCAN_FORMS:
+        raise UserError(f"unknown --scan '{scan}' (choose from {', '.join(scan_graph.SCAN_FORMS)})")
     top = min(MAX_OPSET, onnx.defs.onnx_opset_version())
     if not MIN_OPSET <= opset <= top:
         raise UserError(f"--opset must be between {MIN_OPSET} and {top}, got {opset}")
@@ -248,7 +248,7 @@ def parse_batch(text: str):
 
 
 def export_onnx(checkpoint, output: Path | None = None, scan: str = "loop", opset: int = DEFAULT_OPSET,
-                batch="dynamic", split: bool = False, chunk: int = onnx_scan.DEFAULT_CHUNK) -> ExportResult:
+                batch="dynamic", split: bool = False, chunk: int = scan_graph.DEFAULT_CHUNK) -> ExportResult:
     """Export a checkpoint (run folder or ``Checkpoint``) to ONNX; see the module docstring.
 
     Returns the written paths (one, or encoder + head with ``split``), the number of scan sites and
@@ -256,7 +256,8 @@ def export_onnx(checkpoint, output: Path | None = None, scan: str = "loop", opse
     """
     _validate(scan, opset, batch, chunk)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    output = writable_output(output if output is not None else default_output(ckpt, scan), "model.onnx")
+    output = output_path(output if output is not None else default_output(ckpt, scan), "ONNX output",
+                         example_name="model.onnx")
     model = ckpt.build_model()
     cfg = ckpt.model_config
     n = batch if batch != "dynamic" else 2              # trace with 2: no size-1 broadcasting shortcuts
@@ -269,7 +270,7 @@ def export_onnx(checkpoint, output: Path | None = None, scan: str = "loop", opse
             meta = _metadata(graph="whole", inputs=[INPUT_NAME], outputs=OUTPUT_NAMES, **common)
             onnx_model, sites = _finish(onnx_model, scan, chunk, meta, "whole")
             _save(onnx_model, output)
-            return ExportResult([output], scan, sites, {output.name: onnx_scan.count_nodes(onnx_model)})
+            return ExportResult([output], scan, sites, {output.name: scan_graph.count_nodes(onnx_model)})
         return _export_split(model, clip, output, **common)
 
 
@@ -294,7 +295,7 @@ def _export_split(model: M2S2L, clip, output: Path, ckpt, scan, opset, batch, ch
     _save(enc, enc_path)
     _save(head, head_path)
     return ExportResult([enc_path, head_path], scan, sites_enc + sites_head,
-                        {enc_path.name: onnx_scan.count_nodes(enc), head_path.name: onnx_scan.count_nodes(head)})
+                        {enc_path.name: scan_graph.count_nodes(enc), head_path.name: scan_graph.count_nodes(head)})
 
 
 def read_metadata(path: Path) -> dict[str, str]:

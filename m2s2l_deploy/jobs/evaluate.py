@@ -1,4 +1,4 @@
-"""Frame-level evaluation on a labelled test set, under both score protocols (DESIGN.md §5).
+"""Frame-level evaluation on a labelled test set, under both score protocols (docs/evaluation.md).
 
 - paper protocol: per-video min-max of the frame score (needs the whole video), keys
   ``auc_micro`` / ``auc_macro``; optionally temporally smoothed (reported separately).
@@ -16,17 +16,24 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
-from . import metrics, scoring
-from .contract import prepare_frames
-from .data import open_dataset
-from .errors import UserError
-from .inference import VideoScores, score_prepared
+from ..contract import prepare_frames
+from ..data import open_dataset
+from ..errors import UserError
+from ..report import metrics
+from ..report.plots import plot_video_scores
+from .clip_loop import VideoScores, score_prepared
 
 
 def _ablation(per_video: dict[str, VideoScores], labels: dict, mean, std) -> dict:
-    """AUCs (paper protocol) of each score variant, from the runner's per-frame components."""
+    """AUCs (paper protocol) of each score variant, from the runner's per-frame components.
+
+    The variants recombine the components with the model's own score function (torch: only a
+    runner that returns components, the PyTorch one, gets here)."""
+    import torch
+
+    from ..model import scoring
+
     out = {}
     mean, std = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
     for name, weights in scoring.ABLATIONS.items():
@@ -84,7 +91,7 @@ def evaluate(runner, data_root, layout: str = "auto", batch: int = 16, smooth_si
         "per_video": {v: {**r_paper["per_video"][v], "auc_causal": r_causal["per_video"][v]["auc"],
                           "baseline_auc": r_base["per_video"][v]["auc"]} for v in results},
         "dataset": {"root": str(Path(data_root).resolve()), "layout": dataset.layout},
-        "runner": getattr(runner, "name", type(runner).__name__),
+        "runner": runner.name,
         "timing": {"wall_s": round(wall, 2), "infer_s": round(infer_s, 2),
                    "ms_per_frame": round(1000 * infer_s / max(1, total), 3)},
         "protocols": {"paper": "per-video min-max of the frame score",
@@ -98,42 +105,22 @@ def evaluate(runner, data_root, layout: str = "auto", batch: int = 16, smooth_si
     if masks:
         maps = {v: results[v].score_maps.astype(np.float32) for v in masks}
         report["auc_pixel"] = metrics.pixel_auc(maps, masks)
-    if all(s.components is not None for s in results.values()):
-        model = getattr(runner, "model", None)
-        if model is not None:
-            report["ablation"] = _ablation(results, labels, model.score_mean.cpu().numpy(),
-                                           model.score_std.cpu().numpy())
+    if all(s.components is not None for s in results.values()) and runner.component_stats is not None:
+        report["ablation"] = _ablation(results, labels, *runner.component_stats)
     if plots_dir is not None:
-        report["plots"] = plot_scores(results, labels, Path(plots_dir))
+        report["plots"] = plot_video_scores(results, labels, Path(plots_dir))
     return report
 
 
-def plot_scores(results: dict[str, VideoScores], labels: dict, out_dir: Path) -> list[str]:
-    """One PNG per video: paper-protocol score over frames, labelled anomalies shaded."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .model.checkpoint import atomic_write_bytes
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, vs in results.items():
-        fig, ax = plt.subplots(figsize=(8, 2.6))
-        score = metrics.minmax_per_video(vs.frame_score)
-        ax.plot(score, lw=1.2, label="anomaly score (per-video min-max)")
-        lab = np.asarray(labels[name]).astype(bool)
-        ax.fill_between(np.arange(len(lab)), 0, 1, where=lab, color="tab:red", alpha=0.2, step="mid",
-                        label="labelled anomaly")
-        ax.axvspan(-0.5, vs.first_decidable - 0.5, color="0.85", label="no full history")
-        ax.set_ylim(0, 1.02)
-        ax.set_xlim(0, len(lab) - 1)
-        ax.set_xlabel("frame")
-        ax.set_title(name, fontsize=9)
-        ax.legend(loc="upper right", fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"{name.replace('/', '_')}.png"
-        atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-        plt.close(fig)
-        written.append(str(path))
-    return written
+def evaluate_checkpoint(checkpoint, data_root, layout: str = "auto", batch: int = 16, smooth_sigma: float = 0.0,
+                        plots_dir: Path | None = None, runner=None, device: str = "cpu",
+                        progress_factory: Callable | None = None, log: Callable[[str], None] = print) -> dict:
+    """``evaluate`` with the checkpoint's PyTorch runner (components included, for the ablation)
+    unless another ``runner`` is given; the report records the checkpoint."""
+    if runner is None:
+        from ..runners.torch_runner import TorchRunner
+        runner = TorchRunner(checkpoint, device=device, extras=True)
+    report = evaluate(runner, data_root, layout=layout, batch=batch, smooth_sigma=smooth_sigma, plots_dir=plots_dir,
+                      progress_factory=progress_factory, log=log)
+    report["checkpoint"] = str(checkpoint)
+    return report

@@ -22,15 +22,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__, scan, scoring
-from .contract import InputContract, prepare_frames, sliding_clips
-from .data import open_dataset
-from .errors import UserError
-from .inference import score_prepared
-from .model import M2S2L, decorrelation_loss, preset_config
-from .model.checkpoint import WEIGHTS, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
-from .runners import TorchRunner
-from .runners.torch_runner import torch_device
+from .. import __version__
+from ..contract import InputContract, prepare_frames, sliding_clips
+from ..data import open_dataset
+from ..errors import UserError
+from ..files import atomic_write_bytes, atomic_write_json
+from ..model import M2S2L, decorrelation_loss, preset_config, scoring
+from ..model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from ..ops import scan
+from ..runners.base import Runner
+from ..runners.torch_runner import torch_device
+from .clip_loop import score_prepared
 
 STATE_WEIGHTS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -54,7 +56,6 @@ class TrainOptions:
     threshold_quantile: float = 0.995
     checkpoint_every_s: float = 60.0
     resume: bool = False
-    threads: int | None = None
     device: str = "cpu"             # cpu | cuda | cuda:N
 
 
@@ -189,13 +190,14 @@ def calibrate(model: M2S2L, contract: InputContract, calibration, quantile: floa
             "threshold_quantile": quantile, "threshold": float(np.quantile(scores, quantile))}
 
 
-class _InMemoryRunner:
-    """TorchRunner's interface around a model that is not saved yet (calibration during training)."""
+class _InMemoryRunner(Runner):
+    """A runner around a model that is not saved yet (calibration during training); it also
+    returns the per-clip mean error of each head, which set the score map's scale."""
 
     def __init__(self, model: M2S2L, contract: InputContract):
         self.model, self.contract, self.name = model, contract, "torch-train"
 
-    def infer(self, clips):
+    def _infer(self, clips):
         device = self.model.appearance_prior.device
         out = {k: v.cpu() if torch.is_tensor(v) else v
                for k, v in self.model.outputs(torch.from_numpy(np.ascontiguousarray(clips)).to(device)).items()}
@@ -226,8 +228,6 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to {out_dir}: {e.strerror}") from None
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
     device = torch_device(opts.device)
 
     random.seed(opts.seed)

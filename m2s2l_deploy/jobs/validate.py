@@ -29,17 +29,18 @@ Both runners see the same prepared clips (one ``prepare_frames`` pass); each is 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import metrics
-from .contract import prepare_frames, sliding_clips
-from .data import open_dataset
-from .errors import DataError, UserError
+from ..contract import prepare_frames
+from ..data import open_dataset
+from ..errors import DataError, UserError
+from ..files import atomic_write_bytes, atomic_write_json, output_path
+from ..report import metrics
+from .clip_loop import fill_head, scored_batches
 
 PRECISIONS = ("fp32", "fp16", "int8")
 GATE_LIMITS = {
@@ -121,27 +122,19 @@ def record_run(runner, videos: list[LabelledVideo], batch: int = 16,
     samples: dict[str, list[np.ndarray]] = {}
     infer_s, n_clips, call_ms = 0.0, 0, []
     for v in videos:
-        if hasattr(runner, "reset_stream"):
-            runner.reset_stream()
-        index = sliding_clips(len(v.prepared), T)
+        runner.reset_stream()
         per_video = []
-        for start in range(0, len(index), batch):
-            clips = v.prepared[index[start:start + batch]]
-            t0 = time.perf_counter()
-            out = runner.infer(clips)
-            dt = time.perf_counter() - t0
-            infer_s += dt
-            call_ms.append(1000.0 * dt)
-            n_clips += len(clips)
-            fs = np.asarray(out["frame_score"], dtype=np.float32).reshape(-1)
-            per_video.append(fs)
-            for name, value in out.items():
+        for b in scored_batches(runner, v.prepared, batch):
+            infer_s += b.seconds
+            call_ms.append(1000.0 * b.seconds)
+            n_clips += len(b.targets)
+            per_video.append(b.scores)
+            for name, value in b.outputs.items():
                 samples.setdefault(name, []).append(_sample(value))
             if progress is not None:
-                progress(len(clips))
-        s = np.concatenate(per_video)
-        scores[v.name] = np.concatenate([np.repeat(s[:1], T - 1), s])
-    return RunRecord(runner=getattr(runner, "name", type(runner).__name__), frame_scores=scores,
+                progress(len(b.targets))
+        scores[v.name] = fill_head(np.concatenate(per_video), T - 1)
+    return RunRecord(runner=runner.name, frame_scores=scores,
                      samples={k: np.concatenate(v) for k, v in samples.items()}, infer_s=infer_s,
                      n_clips=n_clips, call_ms=call_ms, data_key=_data_key(videos))
 
@@ -181,7 +174,7 @@ def delta_auc_resolution(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]
     and causal micro) is returned. When it reaches the gate's limit, the test set cannot tell a
     systematic degradation from errors of this size falling on unlucky frames: under the paper
     protocol a clean video's noise is stretched to [0, 1], so a few small errors can move the micro
-    AUC by 0.01 on a few hundred frames (the session-3 CI failure of an INT8 test set of 3 videos).
+    AUC by 0.01 on a few hundred frames (an INT8 test set of 3 videos once failed CI that way).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -292,37 +285,6 @@ def compare(reference: RunRecord, candidate: RunRecord, videos: list[LabelledVid
     }
 
 
-# -- precision -----------------------------------------------------------------------------------
-def detect_precision(runner, onnx_path=None) -> tuple[str | None, str]:
-    """The candidate's precision and where it was read: runner attribute, ONNX metadata, engine
-    sidecar, or the ONNX graph itself (Q/DQ nodes -> int8, float16 tensors -> fp16, else fp32)."""
-    value = getattr(runner, "precision", None)
-    if value:
-        return str(value).lower(), "runner"
-    meta = getattr(runner, "metadata", None) or {}
-    if meta.get("precision"):
-        return meta["precision"].lower(), "ONNX metadata"
-    sidecar = getattr(runner, "sidecar", None)
-    if isinstance(sidecar, dict) and sidecar.get("precision"):
-        return str(sidecar["precision"]).lower(), "engine sidecar"
-    files = getattr(runner, "files", None) or ({"whole": Path(onnx_path)} if onnx_path else {})
-    if files:
-        import onnx
-        found = "fp32"
-        for path in files.values():
-            model = onnx.load(str(path), load_external_data=False)
-            ops = {n.op_type for n in model.graph.node}
-            if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}:
-                return "int8", "ONNX graph (Q/DQ nodes)"
-            fp16 = onnx.TensorProto.FLOAT16
-            if any(t.data_type == fp16 for t in model.graph.initializer) or any(
-                    n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute)
-                    for n in model.graph.node):
-                found = "fp16"
-        return found, "ONNX graph (" + ("float16 tensors" if found == "fp16" else "no reduced-precision tensors") + ")"
-    return None, "unknown"
-
-
 # -- report --------------------------------------------------------------------------------------
 def _f(x, digits=4) -> str:
     if x is None:
@@ -394,16 +356,14 @@ def run_validate(checkpoint, *, onnx=None, engine=None, data, dataset: str = "au
     also when a gate fails. ``reference`` / ``test_set`` / ``candidate_runner`` let a caller reuse
     work across several candidates (tests, demo).
     """
-    from .bench import check_output_path
-    from .model.checkpoint import atomic_write_bytes, atomic_write_json
-    from .runners.factory import describe_machine, make_runner
+    from ..runners.factory import describe_machine, make_runner
 
     if checkpoint is None:
         raise UserError("validate needs --checkpoint RUN (the PyTorch reference)")
     if candidate_runner is None and onnx is None and engine is None:
         raise UserError("validate needs a candidate: --onnx FILE or --engine PLAN")
-    json_out = check_output_path(json_out, "JSON output", (".json",))
-    markdown_out = check_output_path(markdown_out, "Markdown output", (".md",))
+    json_out = output_path(json_out, "JSON output", (".json",))
+    markdown_out = output_path(markdown_out, "Markdown output", (".md",))
     if auc_tol is not None and not (math.isfinite(auc_tol) and auc_tol >= 0):
         raise UserError(f"--auc-tol must be a non-negative number, got {auc_tol}")
     if precision is not None:
@@ -419,7 +379,7 @@ def run_validate(checkpoint, *, onnx=None, engine=None, data, dataset: str = "au
         raise UserError(f"the candidate's input contract {cand.contract.to_dict()} differs from the checkpoint's "
                         f"{ref_runner.contract.to_dict()}: it was built for another model")
     if precision is None:
-        precision, precision_source = detect_precision(cand, onnx)
+        precision, precision_source = cand.precision, cand.precision_source
         if precision is None:
             raise UserError("cannot tell the candidate's precision: pass --precision fp32|fp16|int8")
         if precision not in PRECISIONS:
@@ -440,9 +400,9 @@ def run_validate(checkpoint, *, onnx=None, engine=None, data, dataset: str = "au
     report["precision_source"] = precision_source
     report["batch"] = batch
     report["checkpoint"] = str(checkpoint)
-    report["candidate"]["file"] = str(onnx or engine or getattr(cand, "name", ""))
+    report["candidate"]["file"] = str(onnx or engine or cand.name)
     if data is not None:
-        from .data import detect_layout
+        from ..data import detect_layout
         layout = detect_layout(data) if dataset == "auto" else dataset
         report["dataset"] = {"root": str(Path(data).resolve()), "layout": layout}
     report["machine"] = describe_machine(cand)

@@ -1,20 +1,25 @@
-"""Checkpoints: ``model.safetensors`` (weights and score buffers) + ``config.json``. Never pickle."""
+"""Checkpoints: ``model.safetensors`` (weights and score buffers) + ``config.json``. Never pickle.
+
+torch and safetensors are imported only where weights are read or written: reading a run's
+config and hashing its weights (``load_checkpoint(..., with_weights=False)``) works without them,
+so an ONNX-only install can still check an ONNX file against the checkpoint it came from.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..contract import InputContract
 from ..errors import UserError
-from ..files import atomic_write_bytes, atomic_write_json, file_sha256  # noqa: F401  (re-exported)
+from ..files import atomic_write_bytes, atomic_write_json, file_sha256
 from .config import ModelConfig
-from .m2s2l import M2S2L
+
+if TYPE_CHECKING:
+    from .m2s2l import M2S2L
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -32,6 +37,8 @@ class Checkpoint:
     state: dict | None = None
 
     def build_model(self) -> M2S2L:
+        from .m2s2l import M2S2L
+
         model = M2S2L(self.model_config)
         if self.state is not None:
             missing, unexpected = model.load_state_dict(self.state, strict=False)
@@ -51,6 +58,8 @@ class Checkpoint:
 
 def save_checkpoint(run_dir: Path, model: M2S2L, contract: InputContract, info: dict) -> Path:
     """Write weights then config (config last: a run dir with a config always has its weights)."""
+    from safetensors.torch import save_file
+
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(run_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
@@ -84,6 +93,8 @@ def load_checkpoint(run_dir, with_weights: bool = True) -> Checkpoint:
     info = {k: v for k, v in config.items() if k not in ("model", "contract")}
     state = None
     if with_weights:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
         try:
             state = load_file(str(run_dir / WEIGHTS))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -95,6 +106,8 @@ def load_checkpoint(run_dir, with_weights: bool = True) -> Checkpoint:
 
 
 def _check_shapes(ckpt: Checkpoint) -> None:
+    from .m2s2l import M2S2L
+
     expected = {k: v.shape for k, v in M2S2L(ckpt.model_config).state_dict().items()}
     for k, shape in expected.items():
         if k not in ckpt.state:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..scan import scan_flops
+from ..ops.scan import scan_flops
 from .config import ModelConfig
 from .m2s2l import M2S2L
 

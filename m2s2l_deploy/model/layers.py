@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import scan as scan_forms
+from ..ops import scan as scan_forms
 
 
 class ScanOp(nn.Module):
@@ -17,17 +17,21 @@ class ScanOp(nn.Module):
     While ``records`` is a list the op only records (batch, dim, state, length) and returns zeros:
     the FLOP report counts scans by formula (FlopCounterMode cannot see inside them) and needs
     shapes, not values, so it runs the model on the meta device without computing any scan.
+
+    ``form`` names the scan form this site runs (one of ``ops.scan.SCAN_FORMS``); None lets the
+    dispatcher choose by device and autograd (the default, and what training records).
     """
 
     def __init__(self):
         super().__init__()
         self.records: list | None = None
+        self.form: str | None = None
 
     def forward(self, u, delta, A, B, C, D, delta_bias):
         if self.records is not None:
             self.records.append((u.shape[0], u.shape[1], A.shape[1], u.shape[2]))
             return torch.zeros_like(u)
-        return scan_forms.selective_scan_fn(u, delta, A, B, C, D, None, delta_bias, True)
+        return scan_forms.selective_scan_fn(u, delta, A, B, C, D, None, delta_bias, True, form=self.form)
 
 
 def _init_dt(dt_proj_bias: torch.Tensor, dt_min=1e-3, dt_max=1e-1):

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import scoring
+from ..ops import scan as scan_forms
+from . import scoring
 from .config import ModelConfig
 from .layers import MultiTemporal, ScanOp, VSSBlock
 
@@ -157,6 +158,16 @@ class M2S2L(nn.Module):
 
     def scan_sites(self) -> list[ScanOp]:
         return [m for m in self.modules() if isinstance(m, ScanOp)]
+
+    def use_scan_form(self, form: str | None) -> "M2S2L":
+        """Run every selective scan of this model in ``form`` (None: the dispatcher's choice).
+
+        An attribute of this model's scan sites, not a process-wide switch (benchmarks and tests
+        compare forms on one model; a server may hold several models)."""
+        scan_forms.check_scan_form(form)
+        for site in self.scan_sites():
+            site.form = form
+        return self
 
 
 def decorrelation_loss(streams) -> torch.Tensor:

@@ -19,7 +19,7 @@ import os
 import torch
 
 from ..errors import UserError
-from ..scan import selective_scan_cpu
+from .scan import selective_scan_cpu
 
 
 def interpreter_requested() -> bool:
@@ -30,7 +30,7 @@ def interpreter_requested() -> bool:
 def triton_kernel_module():
     """The kernel module, imported on first use; a one-line UserError when Triton is missing."""
     try:
-        from . import scan_triton
+        from .kernels import scan_triton
     except ImportError as exc:
         raise UserError("the GPU selective-scan kernel needs OpenAI Triton "
                         f"(pip install 'm2s2l-deploy[triton]'): {exc}") from None
@@ -48,7 +48,7 @@ def selective_scan_launch(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if not use_triton and interpreter_requested():
         kernel = triton_kernel_module()
         if not kernel.interpreted():
-            raise RuntimeError("TRITON_INTERPRET=1 was set after m2s2l_deploy.kernels.scan_triton was imported: "
+            raise RuntimeError("TRITON_INTERPRET=1 was set after m2s2l_deploy.ops.kernels.scan_triton was imported: "
                                "set it before the first import to run the kernel through Triton's interpreter")
         use_triton = True
     if use_triton:

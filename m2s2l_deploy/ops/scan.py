@@ -27,15 +27,14 @@ Forms:
 - ``selective_scan_fn``: dispatcher used by the model (``choose_scan_form`` is its rule): on CUDA,
   mamba-ssm's kernel when importable, else the Triton kernel when no gradient is needed (inference,
   ``no_grad``/``inference_mode``), else the parallel form (training keeps autograd); on CPU the Numba
-  form when training and Numba is importable, else the CPU form. ``use_scan_form`` forces one form
-  (benchmarks, tests).
+  form when training and Numba is importable, else the CPU form. Its ``form`` argument names one
+  form instead (benchmarks, tests, ``M2S2L.use_scan_form``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -300,24 +299,13 @@ def _numba_kernel():
 
 
 SCAN_FORMS = ("ref", "parallel", "cpu", "numba", "triton", "mamba_ssm")
-_forced_form: str | None = None
 
 
-@contextmanager
-def use_scan_form(name: str | None):
-    """Force ``selective_scan_fn`` to one form inside the block (None = the automatic choice).
-
-    For benchmarks and tests, e.g. the model with the parallel form vs the Triton kernel on one GPU.
-    Process-wide, not thread-local.
-    """
-    global _forced_form
+def check_scan_form(name: str | None) -> str | None:
+    """``name`` when it is a known form (None = the automatic choice); ValueError otherwise."""
     if name is not None and name not in SCAN_FORMS:
         raise ValueError(f"unknown scan form {name!r} (choose from {', '.join(SCAN_FORMS)})")
-    saved, _forced_form = _forced_form, name
-    try:
-        yield
-    finally:
-        _forced_form = saved
+    return name
 
 
 def choose_scan_form(on_cuda: bool, needs_grad: bool, have_mamba_ssm: bool, have_triton: bool,
@@ -343,9 +331,13 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The scan the model calls; see ``choose_scan_form`` for which form runs."""
-    form = _forced_form or scan_form_for(u.is_cuda, _needs_grad(u, delta, A, B, C, D, z, delta_bias))
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, form=None):
+    """The scan the model calls: ``form`` names one of SCAN_FORMS, None lets ``choose_scan_form`` pick.
+
+    The form is an argument, never a process-wide switch: each scan site of the model carries its
+    own (``M2S2L.use_scan_form``), so two models, or two threads, never change each other's form.
+    """
+    form = check_scan_form(form) or scan_form_for(u.is_cuda, _needs_grad(u, delta, A, B, C, D, z, delta_bias))
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if form == "cpu":
         return selective_scan_cpu(*args)

@@ -1,7 +1,7 @@
 """Frame- and pixel-level evaluation metrics, plus the frame-difference baseline.
 
 Why: every evaluation path (CLI, benchmarks, tests) must compute AUCs the same way as the
-published protocols (DESIGN.md section 5): scikit-learn ROC AUC, micro over all frames, macro over
+published protocols (docs/evaluation.md): scikit-learn ROC AUC, micro over all frames, macro over
 videos that contain both classes, with skipped videos reported rather than silently dropped.
 Normalisation (per-video min-max or causal) is the caller's choice; these functions take scores
 as given.
@@ -16,7 +16,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from sklearn.metrics import roc_auc_score
 
-from .errors import DataError
+from ..errors import DataError
 
 
 def minmax_per_video(scores: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""Runners: one tiny interface, ``infer(clips) -> {output name: array}``, for every backend.
+"""Runners: one base class (``base.Runner``), ``infer(clips) -> {output name: array}``, for every backend.
 
-Each runner is imported on first use, so `serve --onnx` or an ORT-only deployment does not pay
+Each runner is imported on first use, so `serve --onnx` or an ONNX-only deployment does not pay
 for importing torch, and onnxruntime / TensorRT stay optional dependencies of the package.
 """
 

@@ -6,11 +6,34 @@ mean the same thing everywhere, and optional backends are imported only when ask
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, require
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class RunnerSpec:
+    """What a user gave to pick a runner (the CLI's model options), built later by ``make``.
+
+    Jobs take a spec when they check cheap things first (a bad video, an unwritable output)
+    and load the model only after; see ``make_runner`` for what each field means.
+    """
+
+    checkpoint: Path | None = None
+    onnx: Path | None = None
+    engine: Path | None = None
+    backend: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    dtype: str = "fp32"
+    cuda_graph: bool = False
+    compile: bool = False
+
+    def make(self):
+        return make_runner(**{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 def infer_backend(checkpoint=None, onnx=None, engine=None, backend: str | None = None) -> str:
@@ -48,6 +71,9 @@ def make_runner(checkpoint=None, onnx=None, engine=None, backend: str | None = N
       weights hash recorded at export;
     - otherwise ``TorchRunner(checkpoint, device, dtype=, cuda_graph=, compile=)`` (fp16/bf16, CUDA
       graphs and torch.compile are CUDA-only; the torch runner refuses them on CPU in one line).
+
+    ``threads`` sets ONNX Runtime's intra-op threads of this runner's sessions. PyTorch's thread
+    count is process-wide: the CLI sets it once per command, and building a runner never changes it.
     """
     kind = infer_backend(checkpoint, onnx, engine, backend)
     device = _check_device(device)
@@ -78,14 +104,12 @@ def make_runner(checkpoint=None, onnx=None, engine=None, backend: str | None = N
                 raise UserError("device cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
                                 "(install onnxruntime-gpu instead of onnxruntime)")
         return OnnxRunner(Path(onnx), checkpoint=checkpoint, providers=wanted, threads=threads)
+    require("torch", "the PyTorch runner (--checkpoint without --onnx/--engine)", "torch")
     from .torch_runner import TorchRunner
     if device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
             raise UserError("device cuda asked for, but PyTorch sees no CUDA GPU here")
-    if threads:
-        import torch
-        torch.set_num_threads(int(threads))
     return TorchRunner(checkpoint, device=device, dtype=dtype, cuda_graph=cuda_graph, compile=compile)
 
 
@@ -110,11 +134,7 @@ def describe_machine(runner=None) -> dict:
     except ImportError:
         pass
     if runner is not None:
-        info["runner"] = getattr(runner, "name", type(runner).__name__)
-        if getattr(runner, "providers", None):
-            info["providers"] = list(runner.providers)
-        if getattr(runner, "device", None) is not None:
-            info["device"] = str(runner.device)
+        info.update(runner.describe())
     return info
 
 

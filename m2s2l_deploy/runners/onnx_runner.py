@@ -5,7 +5,7 @@ deployment ships the .onnx file(s) alone; a checkpoint, when given, is only chec
 recorded weights hash.
 
 A --split export (NAME.encoder.onnx + NAME.head.onnx) runs as a stream: consecutive clips that
-overlap by T-1 frames (sliding windows, as ``inference.score_prepared`` makes them) reuse the
+overlap by T-1 frames (sliding windows, as ``jobs.clip_loop`` makes them) reuse the
 features of the frames already encoded, also across ``infer`` calls, so each frame is encoded
 once. Frames are matched by exact equality, so any other batch still gives the right answer.
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from ..contract import InputContract
 from ..errors import UserError
+from .base import Runner
 
 _EXT_OP = None  # the registered onnxruntime-extensions op (one per process)
 
@@ -38,7 +39,7 @@ def extensions_available() -> bool:
 def register_selective_scan_op():
     """Register ``ai.onnx.contrib::SelectiveScan`` as an onnxruntime-extensions Python op (once).
 
-    The op computes with ``scan.selective_scan_cpu``. Returns the Python function; its ``.calls``
+    The op computes with ``ops.scan.selective_scan_cpu``. Returns the Python function; its ``.calls``
     counts invocations, so tests can tell it ran instead of the function body.
     """
     global _EXT_OP
@@ -51,8 +52,8 @@ def register_selective_scan_op():
                         "without it the plugin node runs through its ONNX function body") from None
     import torch
 
-    from ..onnx_scan import OP_TYPE
-    from ..scan import selective_scan_cpu
+    from ..export.scan_graph import OP_TYPE
+    from ..ops.scan import selective_scan_cpu
 
     def selective_scan(u, delta, A, B, C, D, delta_bias, **attrs):
         selective_scan.calls += 1
@@ -97,17 +98,41 @@ def resolve_onnx(path) -> dict[str, Path]:
     return {role: path, other_role: other}
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    """metadata_props of an exported file (parsed with onnx; weights stay on disk if external)."""
+def _load(path: Path):
+    """The ONNX model of an exported file (parsed with onnx; weights stay on disk if external)."""
     import onnx
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf decode errors have no common public base class
         raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+
+
+def _metadata(path: Path, model=None) -> dict[str, str]:
+    """metadata_props of an exported file; a file without our input contract is a UserError."""
+    model = model if model is not None else _load(path)
     meta = {p.key: p.value for p in model.metadata_props}
     if meta.get("format", "").split("/")[:2] != ["m2s2l-deploy", "onnx"] or "contract" not in meta:
         raise UserError(f"{path} was not exported by m2s2l-deploy (no input contract in its metadata)")
     return meta
+
+
+def graph_precision(models) -> tuple[str, str]:
+    """(precision, how it was read) from the graphs themselves: Q/DQ nodes -> int8, float16
+    tensors -> fp16, else fp32. For ONNX files written before the builder recorded ``precision``
+    in the metadata (and by other tools)."""
+    import onnx
+
+    fp16 = onnx.TensorProto.FLOAT16
+    found = "fp32"
+    for model in models:
+        ops = {n.op_type for n in model.graph.node}
+        if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}:
+            return "int8", "ONNX graph (Q/DQ nodes)"
+        if any(t.data_type == fp16 for t in model.graph.initializer) or any(
+                n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute)
+                for n in model.graph.node):
+            found = "fp16"
+    return found, "ONNX graph (" + ("float16 tensors" if found == "fp16" else "no reduced-precision tensors") + ")"
 
 
 def _options(threads: int | None, quiet: bool = False, extensions: bool = False):
@@ -125,8 +150,8 @@ def _options(threads: int | None, quiet: bool = False, extensions: bool = False)
     return so
 
 
-class OnnxRunner:
-    """Runner protocol over ONNX Runtime.
+class OnnxRunner(Runner):
+    """Runner over ONNX Runtime.
 
     providers: ORT execution providers in order of preference (default: CUDA when this ORT build
     has it, else CPU); threads: intra-op threads (default ORT's choice); extensions: run plugin
@@ -140,8 +165,17 @@ class OnnxRunner:
         self.files = resolve_onnx(onnx_path)
         self.split = "encoder" in self.files
         main = self.files.get("whole") or self.files["head"]
-        self.metadata = _metadata(main)
+        graphs = {role: _load(p) for role, p in self.files.items()}
+        self.metadata = _metadata(main, graphs["whole" if "whole" in graphs else "head"])
         self.contract = InputContract.from_dict(json.loads(self.metadata["contract"]))
+        if self.metadata.get("precision"):
+            self.precision, self.precision_source = self.metadata["precision"].lower(), "ONNX metadata"
+        else:
+            self.precision, self.precision_source = graph_precision(graphs.values())
+        del graphs
+        if self.metadata.get("threshold") is not None:
+            self.threshold = float(self.metadata["threshold"])
+            self.threshold_source = "ONNX metadata: the checkpoint's calibration"
         self.output_names = json.loads(self.metadata["output_names"])
         self.scan_form = self.metadata.get("scan_form", "?")
         if checkpoint is not None:
@@ -167,7 +201,7 @@ class OnnxRunner:
             raise UserError(f"{self.files.get('whole') or self.files['head']} was exported from another checkpoint "
                             f"than {ckpt.path} (weights sha256 differs)")
 
-    def infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:
         clips = np.ascontiguousarray(clips, dtype=np.float32)
         if not self.split:
             out = self.sessions["whole"].run(self.output_names, {"clip": clips})
@@ -210,11 +244,11 @@ class OnnxRunner:
         return feat2, feat3
 
     def reset_stream(self) -> None:
+        """Split exports: the next clip starts a new stream (no features reused)."""
         self._last = None
 
-    def __enter__(self):
-        return self
+    def describe(self) -> dict:
+        return {"runner": self.name, "providers": list(self.providers)}
 
-    def __exit__(self, *exc):
+    def close(self) -> None:
         self.sessions.clear()
-        return False

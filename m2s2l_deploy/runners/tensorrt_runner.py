@@ -1,4 +1,4 @@
-"""TensorRT runner: executes a plan built by ``m2s2l-deploy build-engine`` under the Runner protocol.
+"""TensorRT runner: executes a plan built by ``m2s2l-deploy build-engine`` as a ``Runner``.
 
 Before anything is loaded, ``preflight`` checks the plan against its JSON sidecar and the
 machine, so every way a plan cannot run here is one UserError line:
@@ -24,6 +24,7 @@ import numpy as np
 from ..contract import InputContract
 from ..engine import sidecar as sc
 from ..errors import UserError
+from .base import Runner
 
 
 def cuda_device(device: str = "cuda") -> sc.DeviceInfo:
@@ -52,7 +53,12 @@ def preflight(plan, checkpoint=None, onnx=None, device: str = "cuda", device_inf
 
     plan = Path(plan)
     side = sc.load_sidecar(plan)
-    sc.check_model(side, checkpoint=checkpoint, onnx=onnx, plan_name=str(plan))
+    ckpt_sha, ckpt_name = None, "the checkpoint"
+    if checkpoint is not None:
+        from ..model.checkpoint import Checkpoint, load_checkpoint
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, with_weights=False)
+        ckpt_sha, ckpt_name = ckpt.weights_sha256, str(ckpt.path)
+    sc.check_model(side, checkpoint_sha256=ckpt_sha, checkpoint_name=ckpt_name, onnx=onnx, plan_name=str(plan))
     if side.get("model", {}).get("graph", "whole") != "whole":
         raise UserError(f"{plan} is a split-graph ({side['model']['graph']}) plan; the TensorRT runner runs "
                         "whole-graph plans")
@@ -63,8 +69,8 @@ def preflight(plan, checkpoint=None, onnx=None, device: str = "cuda", device_inf
     return side, be
 
 
-class TensorRTRunner:
-    """Runner protocol over a TensorRT / TensorRT-RTX plan; see the module docstring."""
+class TensorRTRunner(Runner):
+    """Runner over a TensorRT / TensorRT-RTX plan; see the module docstring."""
 
     def __init__(self, plan_path, checkpoint=None, device: str = "cuda", onnx=None):
         import torch
@@ -90,8 +96,9 @@ class TensorRTRunner:
             raise UserError(f"{self.backend.label} could not load {self.plan} on {torch.cuda.get_device_name(self.device)}")
         self.context = self.engine.create_execution_context()
         self._dtypes = {name: self._torch_dtype(self.engine.get_tensor_dtype(name)) for name in self.output_names}
-        self.precision = self.sidecar["precision"]
-        self.threshold = self.sidecar.get("threshold")
+        self.precision, self.precision_source = self.sidecar["precision"], "engine sidecar"
+        if self.sidecar.get("threshold") is not None:
+            self.threshold, self.threshold_source = float(self.sidecar["threshold"]), "engine sidecar"
         self.name = f"tensorrt-{self.precision}-{model.get('scan_form', '?')}"
 
     def _torch_dtype(self, dtype):
@@ -117,7 +124,7 @@ class TensorRTRunner:
         stream.synchronize()
         return {k: v.float().cpu().numpy() for k, v in outs.items()}
 
-    def infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:
         clips = np.ascontiguousarray(clips, dtype=np.float32)
         parts = []
         for start in range(0, len(clips), self.max_batch):
@@ -128,10 +135,9 @@ class TensorRTRunner:
             parts.append({k: v[:n] for k, v in self._run(np.ascontiguousarray(chunk)).items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
 
-    def __enter__(self):
-        return self
+    def describe(self) -> dict:
+        return {"runner": self.name, "device": str(self.device)}
 
-    def __exit__(self, *exc):
+    def close(self) -> None:
         self.context = None
         self.engine = None
-        return False

@@ -1,7 +1,7 @@
 """PyTorch runner (CPU or CUDA): the reference every other runner is compared with.
 
 On CUDA it is also the fast path without TensorRT: the selective scans run on the OpenAI-Triton
-kernel (``scan.selective_scan_fn`` picks it under ``inference_mode``), ``dtype`` fp16/bf16 runs
+kernel (``ops.scan.selective_scan_fn`` picks it under ``inference_mode``), ``dtype`` fp16/bf16 runs
 the convolutions and matmuls under autocast (norms, softmax-like reductions, the score and the scan
 state stay fp32), and ``cuda_graph`` records the whole forward once per input shape and replays
 it, which removes the launch overhead of the model's hundreds of small kernels at batch 1.
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..model import OUTPUT_NAMES
-from ..model.checkpoint import Checkpoint, load_checkpoint
+from ..model.checkpoint import CONFIG, Checkpoint, load_checkpoint
+from ..model.m2s2l import OUTPUT_NAMES
+from .base import Runner
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -35,7 +36,7 @@ def torch_device(name: str) -> torch.device:
     return device
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     """``infer(clips)`` with the PyTorch model.
 
     device: "cpu", "cuda" or "cuda:N". dtype: "fp32" | "fp16" | "bf16" (16-bit only on CUDA,
@@ -43,10 +44,13 @@ class TorchRunner:
     replay it (CUDA only; the input is copied into the graph's static buffer each call).
     compile: ``torch.compile`` the forward, once per input shape on first use (CUDA only: it was
     measured there; on a small CPU the compilation takes minutes and was not measured).
+    scan_form: one of ``ops.scan.SCAN_FORMS`` for every scan of the model (None: the dispatcher's
+    choice by device and autograd).
     """
 
     def __init__(self, checkpoint: Checkpoint | str, device: str = "cpu", extras: bool = False,
-                 dtype: str = "fp32", cuda_graph: bool = False, compile: bool = False):
+                 dtype: str = "fp32", cuda_graph: bool = False, compile: bool = False,
+                 scan_form: str | None = None):
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
         self.device = torch_device(device)
@@ -57,7 +61,7 @@ class TorchRunner:
             raise UserError(f"{wanted}: CUDA only, and this runner is on {self.device} (use device cuda or fp32)")
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.contract = self.checkpoint.contract
-        self.model = self.checkpoint.build_model().to(self.device)
+        self.model = self.checkpoint.build_model().to(self.device).use_scan_form(scan_form)
         self.extras = extras
         self.dtype = dtype
         self.cuda_graph = cuda_graph
@@ -66,6 +70,11 @@ class TorchRunner:
         self._pool = None
         suffix = "" if dtype == "fp32" else f"-{dtype}"
         self.name = f"torch-{self.device.type}{suffix}{'-compile' if compile else ''}{'-graph' if cuda_graph else ''}"
+        self.precision, self.precision_source = dtype, "PyTorch runner dtype"
+        if self.checkpoint.threshold is not None:
+            self.threshold = float(self.checkpoint.threshold)
+            self.threshold_source = f"checkpoint calibration ({self.checkpoint.path / CONFIG})"
+        self.component_stats = (self.model.score_mean.cpu().numpy(), self.model.score_std.cpu().numpy())
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's deployed outputs for a device tensor (no host synchronisation inside)."""
@@ -105,13 +114,12 @@ class TorchRunner:
         """
         return self._replay(x) if self.cuda_graph else self._forward(x)
 
-    def infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(clips, dtype=np.float32)).to(self.device)
         return {k: v.float().cpu().numpy() for k, v in self.run_device(x).items()}
 
-    def __enter__(self):
-        return self
+    def describe(self) -> dict:
+        return {"runner": self.name, "device": str(self.device)}
 
-    def __exit__(self, *exc):
+    def close(self) -> None:
         self._graphs.clear()
-        return False

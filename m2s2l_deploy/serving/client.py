@@ -306,7 +306,7 @@ def _segments(frames: list[int], loops: list[int]):
 def _stream_alerts(s: _Stream, threshold: float | None, fps: float, alert_options: dict) -> list[dict] | None:
     if threshold is None or not s.scores:
         return None
-    from ..alerts import alert_events
+    from ..report.alerts import alert_events
 
     events = []
     for a, b in _segments(s.frames_idx, s.loops):

@@ -1,4 +1,4 @@
-"""``m2s2l-deploy package``: a Triton model repository for an exported model (DESIGN.md §10).
+"""``m2s2l-deploy package``: a Triton model repository for an exported model.
 
 Layout (Triton's standard): ``OUT_REPO/<name>/config.pbtxt`` + ``OUT_REPO/<name>/1/<model file>``.
 
@@ -28,6 +28,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .. import errors
 from ..errors import UserError
 from ..files import file_sha256
 from . import MODEL_NAME, require
@@ -42,7 +43,7 @@ ONNX_FORMAT = "m2s2l-deploy/onnx"
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16", 6: "TYPE_INT32",
                    7: "TYPE_INT64", 3: "TYPE_INT8", 2: "TYPE_UINT8", 9: "TYPE_BOOL"}
 # Files of this package the Python-backend model needs, vendored under 1/m2s2l_runtime/.
-_VENDORED = ("errors.py", "contract.py", "runners/onnx_runner.py")
+_VENDORED = ("errors.py", "contract.py", "runners/base.py", "runners/onnx_runner.py")
 PYTHON_REQUIREMENTS = ("numpy", "onnx", "onnxruntime", "opencv-python-headless")
 
 
@@ -102,7 +103,7 @@ def _triton_type(elem_type: int, what: str) -> str:
 
 def inspect_onnx(path) -> OnnxInfo:
     """Read an m2s2l-deploy export: metadata, tensor dims (batch axis split off), form, Q/DQ nodes."""
-    onnx = require("onnx", "packaging an ONNX file")
+    onnx = errors.require("onnx", "packaging an ONNX file", "onnx")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ONNX file {path} does not exist" if not path.exists() else f"{path} is not a file")

@@ -1,5 +1,3 @@
-"""GPU kernels: the OpenAI-Triton selective scan (``scan_triton``) and its one launch function
-(``launch.selective_scan_launch``), shared by the PyTorch dispatcher and the TensorRT plugin.
-
-Importing this package imports nothing heavy: ``triton`` is loaded only by ``scan_triton``.
-"""
+"""Compiled forms of the selective scan: Numba (CPU training, ``scan_numba``) and OpenAI Triton
+(GPU inference, ``scan_triton``). Leaves: they import nothing of the package, and nothing heavy is
+imported with this package (``numba`` and ``triton`` load with their own module)."""
