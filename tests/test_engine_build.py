@@ -1,4 +1,4 @@
-"""Real TensorRT-RTX ahead-of-time builds on this CPU-only machine (issue #4), and what can be
+"""Real TensorRT-RTX ahead-of-time builds on this CPU-only machine, and what can be
 checked of them without a GPU.
 
 - the trained tiny model (``trained_run``, exported here) is built fp32 / fp16 / int8, each with
@@ -284,3 +284,45 @@ def test_runner_without_a_gpu_fails_in_one_line(builds, trained_run):
     with pytest.raises(UserError, match="CUDA devices only"):
         TensorRTRunner(builds[("plugin", "fp32")]["plan"], device="cpu")
 
+
+@pytest.mark.parametrize("form, precision", [("loop", "fp32"), ("loop", "int8"), ("plugin", "fp16")])
+def test_polygraphy_check_beside_the_plan_runs_its_onnxrt_half(builds, form, precision):
+    """The data loader and the command script written beside each plan: step 1 (ONNX Runtime on the
+    ONNX the plan was built from, through Polygraphy's own CLI) runs here, and its saved outputs are
+    what our ONNX Runtime runner computes on the same feeds. Step 2 needs a GPU and is only written."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    pytest.importorskip("polygraphy")
+    from polygraphy.comparator import RunResults
+
+    b = builds[(form, precision)]
+    side, folder = b["sidecar"], b["plan"].parent
+    check = side["polygraphy"]
+    script = (folder / check["script"]).read_text()
+    assert (folder / check["data_loader"]).is_file() and "polygraphy run" in script
+    built_onnx = Path(side["built_onnx"]["path"])
+    assert check["onnxrt"][2] in (built_onnx.name, str(built_onnx.resolve()))
+    if form == "plugin":
+        assert check["trt"] == [] and "validate --engine" in script       # Python plugins: not loadable there
+    else:
+        assert check["trt"][check["trt"].index("run") + 1] == b["plan"].name and "--load-outputs" in check["trt"]
+        assert "POLYGRAPHY_USE_TENSORRT_RTX=1" in check["trt"]            # built by TensorRT-RTX here
+
+    polygraphy = [sys.executable, "-c", "import sys; from polygraphy.tools._main import main; sys.exit(main())"]
+    proc = subprocess.run(polygraphy + check["onnxrt"][1:], cwd=folder, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    saved = RunResults.load(str(folder / check["onnxrt"][-1]))
+    (_, iterations), = list(saved.items())
+
+    spec = importlib.util.spec_from_file_location("data_loader", folder / check["data_loader"])
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    feeds = list(loader.load_data())
+    assert len(iterations) == len(feeds) and feeds[0]["clip"].shape == tuple(side["profile"]["clip"]["opt"])
+    with OnnxRunner(built_onnx, threads=1) as runner:
+        for feed, it in zip(feeds, iterations):
+            ours = runner.infer(feed["clip"])
+            for name in ("frame_score", "score_map"):
+                np.testing.assert_allclose(np.asarray(it[name]), ours[name], rtol=1e-5, atol=1e-5)

@@ -14,7 +14,8 @@ Steps, each a small function:
    profile over the batch axis (min/opt/max), an optional timing cache, single-threaded by
    default. The SelectiveScan plugin creator is registered before parsing.
 5. plan and sidecar written atomically (plan first; the sidecar's existence means the pair is
-   complete); nothing is written when any step fails.
+   complete); nothing is written when any step fails. Beside them, a Polygraphy data loader and
+   the commands that check the plan against ONNX Runtime (``polygraphy_check.py``).
 
 Without a GPU only TensorRT-RTX can build (ahead of time, for its default set of compute
 capabilities); full TensorRT builds for the GPU it runs on.
@@ -37,6 +38,7 @@ from ..files import atomic_write_bytes, atomic_write_json, file_sha256, output_p
 from . import sidecar as sc
 from .backend import Backend, load_backend
 from .calibration import DEFAULT_CLIPS, DEFAULT_DIR
+from .polygraphy_check import check_paths, write_check
 from .plugin import PLUGIN_NAME, fields_to_dict, plugin_descriptor, register_plugin
 from .precision import CALIB_METHODS
 
@@ -409,15 +411,20 @@ def build_engine(onnx_path, output=None, precision: str = "fp32", calib_data=Non
         "warnings": info["warnings"],
         **record,
     }
-    atomic_write_bytes(plan, lambda tmp: Path(tmp).write_bytes(plan_bytes))
+    built_onnx = precision_onnx if precision_onnx is not None else onnx_path
+    side["polygraphy"] = write_check(plan, built_onnx, precision, be.name,
+                                     {name: p["opt"] for name, p in profile.items()}, bool(network["plugin_layers"]))
     try:
+        atomic_write_bytes(plan, lambda tmp: Path(tmp).write_bytes(plan_bytes))
         atomic_write_json(side_path, side)
     except BaseException:
-        plan.unlink(missing_ok=True)
+        for path in (plan, *check_paths(plan)):
+            path.unlink(missing_ok=True)
         raise
     if cache_bytes is not None:
         atomic_write_bytes(timing_cache, lambda tmp: Path(tmp).write_bytes(cache_bytes))
-    log(f"wrote {plan} and {side_path.name} ({build_seconds:.1f} s build)")
+    log(f"wrote {plan} and {side_path.name} ({build_seconds:.1f} s build); Polygraphy check: "
+        f"{side['polygraphy']['script']}")
     return BuildResult(plan=plan, sidecar=side_path, build_seconds=build_seconds, precision=precision,
                        backend=be.label, precision_onnx=precision_onnx, network=network, summary=side)
 
