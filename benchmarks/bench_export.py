@@ -1,6 +1,6 @@
 """ONNX export on CPU: ONNX Runtime vs PyTorch, the three scan forms, split streaming vs whole clips.
 
-Why: issue #3's goals are measured, not asserted: ORT >= 1.5x PyTorch on CPU, chunked >= 5x
+Why: the export goals are measured, not asserted: ORT >= 1.5x PyTorch on CPU, chunked >= 5x
 loop, split streaming >= 3x whole-clip per frame. Everything is measured in one run, side by side,
 with the same thread count for both runtimes. Weights are random unless --checkpoint gives a tiny
 run (speed does not depend on the weights). Run:
@@ -201,7 +201,7 @@ def main(argv=None):
     if a.write:
         body = (f"Measured by `python {' '.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}` "
                 f"on {time.strftime('%Y-%m-%d')}.\n\nMachine: {desc}\n\n{settings}\n\n{tab}\n\n"
-                f"Goals of issue #3:\n\n{goals(bench.rows)}\n\n{WHY}\n")
+                f"Goals of the export work:\n\n{goals(bench.rows)}\n\n{WHY}\n")
         write_section(a.write, SECTION, f"{SECTION}\n\n{body.strip()}")
         print(f"wrote {a.write}")
 

@@ -1,4 +1,4 @@
-"""GPU benchmark of the Triton selective-scan kernel and the CUDA model path (issue #6).
+"""GPU benchmark of the Triton selective-scan kernel and the CUDA model path.
 
 Made for ONE call of the device tool (scripts/device_check.sh runs each step with its own
 timeout); every step writes a JSON and prints its table, so a failed step loses only its own rows.
@@ -49,7 +49,7 @@ from m2s2l_deploy.model.checkpoint import Checkpoint
 from m2s2l_deploy.runners import TorchRunner
 from m2s2l_deploy.ops.scan import selective_scan_ref
 
-NOMINAL_COPY_TBS = 3.0          # what a device-to-device copy moved on the lent H100 (KINDS.md)
+NOMINAL_COPY_TBS = 3.0          # what a device-to-device copy moved on the lent H100 (docs/gpu.md)
 FLOOR_SHAPE = (32, 384, 16, 4096)
 SMOKE_FLOOR_SHAPE = (2, 8, 16, 64)
 
@@ -440,7 +440,7 @@ def render(results: dict) -> str:
                       "| operator | input shapes | calls / call | ms / call | share |", "|---|---|---|---|---|"]
             for r in pro["ops"]:
                 lines.append(f"| `{r['op']}` | `{r['shapes']}` | {r['calls']} | {r['ms_per_call']:.3f} | {100 * r['share']:.1f}% |")
-    lines += ["", "Goals of issue #6 (measured, not asserted):"]
+    lines += ["", "Goals of the GPU work (measured, not asserted):"]
     best_floor = max((r.get("frac_floor", 0) for r in (flo or {}).get("rows", [])), default=None)
     lines.append(f"- kernel >= 60% of the memory floor: best {_fmt(100 * best_floor if best_floor else None, '.0f')}%")
     for text, pick, key, goal, better in [

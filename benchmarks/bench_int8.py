@@ -1,4 +1,4 @@
-"""Q/DQ INT8 in ONNX Runtime vs PyTorch FP32 on the CPU (issue #4 goal: >= 2.5x), side by side.
+"""Q/DQ INT8 in ONNX Runtime vs PyTorch FP32 on the CPU (goal: >= 2.5x), side by side.
 
 Why: the INT8 ONNX that ``build-engine --int8`` writes is a first-class output that runs in ONNX
 Runtime; this measures what it buys on a CPU, against PyTorch FP32 and ONNX Runtime FP32/FP16 of
@@ -164,7 +164,7 @@ def section(rows: list[dict], args, header: str) -> str:
         f"{args.threads} thread(s) for both PyTorch and ONNX Runtime.",
         "",
         table(rows), "",
-        "Goal of issue #4:", "",
+        "Goal of the engine work:", "",
         goals(rows), "",
         "FP16 rows, for completeness: ONNX Runtime's CPU provider has few FP16 kernels and wraps the other FP16 "
         "nodes in casts to FP32 (compute nodes it keeps in FP16 / FP16 compute nodes in the file: "

@@ -1,6 +1,6 @@
 """Serving on Triton Inference Server (CPU): concurrent camera streams vs one local runner.
 
-Why: issue #7 asks what a real server buys under load. One local ONNX Runtime runner scoring one
+Why: what does a real server buy under load? One local ONNX Runtime runner scoring one
 camera (one clip per frame, batch 1) is the baseline; then the same ONNX behind the shipped
 tritonserver (packaged python-backend repository) and behind PyTriton, each loaded by N concurrent
 streams (closed loop: each stream sends its next clip when the last one is answered) for a bounded

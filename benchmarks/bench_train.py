@@ -1,6 +1,6 @@
 """CPU training speed: the Numba scan form vs the PyTorch CPU form (and the log-depth form).
 
-Why: issue #2's accuracy target is for `tiny` trained 10 wall-clock minutes on a 2-core CPU, where
+Why: the accuracy target is for `tiny` trained 10 wall-clock minutes on a 2-core CPU, where
 the selective scans are most of a training step; steps per minute is what the target buys. Measured
 in one run, side by side, interleaved round by round: (1) forward + backward of every scan site of
 `tiny` at its training shapes (batch 8 clips), one form after another on the same inputs; (2) whole

@@ -1,6 +1,6 @@
 """Train `tiny` on a GPU for a wall-clock budget and evaluate it like the CPU results in the README.
 
-The CPU target of issue #2 is fixed at 10 minutes on 2 cores; this measures what the same model and
+The CPU accuracy target is fixed at 10 minutes on 2 cores; this measures what the same model and
 recipe reach with far more optimiser steps (the GPU's), on the same synthetic scenes: seed 0 to
 train, seeds 1-3 to test. It drives the CLI end to end (`synth`, `train --device`, `evaluate
 --device`, and `bench --device` on a real video when one is given), so it also proves those paths

@@ -1,6 +1,6 @@
 """Training-seed spread and training-set size at a fixed step budget: several gpu_train.py runs side by side.
 
-Issue #2's accuracy number (paper-protocol micro AUC on the seed-1 scene) moves with the training
+The accuracy number (paper-protocol micro AUC on the seed-1 scene) moves with the training
 seed by a few hundredths, so one run cannot tell a better recipe from a lucky seed. This script
 trains `tiny` for the same number of optimiser steps (default 1054: what 10 minutes buy on the
 2-core CPU with the Numba scan form) once per (config, training seed) pair, where a config is the

@@ -1,4 +1,4 @@
-"""bench on bad input (issue #5): one `error:` line, exit 2, no traceback, and no output file left.
+"""bench on bad input: one `error:` line, exit 2, no traceback, and no output file left.
 
 Every case asks for all four outputs (JSON, CSV, plot, annotated video) in a fresh folder and checks
 afterwards that the folder holds nothing: outputs are written only after a complete run.

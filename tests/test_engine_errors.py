@@ -1,4 +1,4 @@
-"""`build-engine` on bad input (issue #4): one `error:` line, exit 2, no plan / sidecar / temp file left.
+"""`build-engine` on bad input: one `error:` line, exit 2, no plan / sidecar / temp file left.
 
 Each case runs the real CLI in a subprocess. The accepted path is in test_engine_build.py.
 """

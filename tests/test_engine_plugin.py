@@ -1,4 +1,4 @@
-"""The SelectiveScan TensorRT plugin and the backend loader, without a GPU (issue #4).
+"""The SelectiveScan TensorRT plugin and the backend loader, without a GPU.
 
 Covered here: the classes derive from TensorRT's IPluginV3 interfaces, registration, the
 build-time methods, the fields round trip (get_fields_to_serialize -> create_plugin), the mapping

@@ -1,4 +1,4 @@
-"""FP16 and Q/DQ INT8 ONNX (issue #4), structure and ONNX Runtime execution; calibration clips.
+"""FP16 and Q/DQ INT8 ONNX: structure and ONNX Runtime execution; calibration clips.
 
 A random-weight tiny model is enough to check where the precision changes land; the AUC effect on
 the trained model is measured in test_engine_build.py.

@@ -1,4 +1,4 @@
-"""ONNX export (issue #3): scan forms vs the reference, graph properties, parity with PyTorch, errors.
+"""ONNX export: scan forms vs the reference, graph properties, parity with PyTorch, errors.
 
 Parity bound everywhere: |ort - torch| <= 1e-5 + 1e-4*|torch| elementwise, fp32.
 """

@@ -1,4 +1,4 @@
-"""A real Triton Inference Server (issue #7): PyTriton hosting our runner, and the tritonserver binary
+"""A real Triton Inference Server: PyTriton hosting our runner, and the tritonserver binary
 nvidia-pytriton ships loading a packaged python-backend repository.
 
 Everything runs on loopback with ports chosen at run time; every server is started by a fixture and

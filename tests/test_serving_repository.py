@@ -1,4 +1,4 @@
-"""Triton model repositories (issue #7, `package`): configs checked with Triton's own schema, dims
+"""Triton model repositories (`package`): configs checked with Triton's own schema, dims
 from the ONNX (cross-checked by running it), platforms, refusals, the Python-backend model's batching.
 
 No server here (see test_serving.py). The tensorrt_plan case packages a stand-in plan file with a

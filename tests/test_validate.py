@@ -1,4 +1,4 @@
-"""validate (issue #5): fp32 and Q/DQ INT8 ONNX pass; a weight perturbation that leaves the AUC in
+"""validate: fp32 and Q/DQ INT8 ONNX pass; a weight perturbation that leaves the AUC in
 place fails on correlation / output error; gate arithmetic; bad input.
 
 The test set is three labelled videos (64 frames each) of the seed-1 scene; AUCs are checked

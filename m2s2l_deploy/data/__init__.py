@@ -1,4 +1,4 @@
-"""Dataset readers and frame decoding (DESIGN.md §5)."""
+"""Dataset readers and frame decoding (layouts: docs/data.md)."""
 
 from .readers import LAYOUTS, Dataset, Video, detect_layout, open_dataset
 from .video import (

@@ -1,4 +1,4 @@
-"""Readers for the dataset layouts of DESIGN.md §5, all producing the same Dataset of Videos.
+"""Readers for the dataset layouts of docs/data.md, all producing the same Dataset of Videos.
 
 Frame labels are read eagerly and checked against frame counts when the dataset is opened, so a
 bad ground-truth file fails before hours of training or evaluation; pixel masks load lazily.

@@ -5,7 +5,7 @@ bench) needs data with ground truth for tests and demos. This module draws a fix
 grayscale walkway scene seen from above, with pedestrians walking along two lanes, and test
 videos with one anomalous event each.
 
-Design rules (see DESIGN.md section 5):
+Design rules (see docs/data.md):
 
 * The scene layout (background texture, walkway geometry, fixed objects, lighting) depends only on
   ``scene`` and ``size``; ``seed`` changes pedestrians, timing and anomalies. A detector trained on

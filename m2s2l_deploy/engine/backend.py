@@ -4,7 +4,7 @@
 Both expose the same API family (Builder, OnnxParser, IPluginV3, strongly typed networks), so the
 rest of the engine package takes a ``Backend`` and uses ``backend.trt`` as the module.
 
-The trap (DESIGN.md §7): the RTX wheel ships ``libtensorrt_rtx.so.1`` only; when the ONNX parser
+The trap (docs/engines.md): the RTX wheel ships ``libtensorrt_rtx.so.1`` only; when the ONNX parser
 meets a plugin node it opens ``libtensorrt_rtx.so`` and, failing, aborts the whole process. The
 toolkit creates the missing link ``libtensorrt_rtx.so -> libtensorrt_rtx.so.1`` inside the
 installed ``tensorrt_rtx_libs/`` folder itself, or fails with one line saying how to do it.

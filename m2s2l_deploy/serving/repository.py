@@ -418,7 +418,7 @@ def package_repository(out_repo, platform: str, onnx=None, engine=None, *, name:
     precision = _resolve_precision(info, trt_precision) if ort_tensorrt else None
     if ort_tensorrt and info.scan_form == "loop":
         notes.append("loop form under TensorRT: long ONNX Loops build and run slowly there; the chunked form is "
-                     "meant for TensorRT (check trip counts: onnx-tensorrt issue 891)")
+                     "meant for TensorRT (check trip counts: github.com/onnx/onnx-tensorrt/issues/891)")
 
     out_repo = Path(out_repo)
     if out_repo.exists() and not out_repo.is_dir():

@@ -7,7 +7,7 @@ input dtype (fp32, fp16, bf16), delta bias and softplus, D skip, optional z gate
 Why it is shaped this way: the scan moves ~20 bytes per (batch, channel, step) and does ~8 flops
 per state, so it is memory-bound, and its recurrence must never wait on memory. A plain kernel
 (one program per 32 channels, one step per loop iteration) was latency-bound at 9% of the memory
-floor on the lent H100 (DESIGN.md section 2).
+floor on the lent H100 (docs/gpu.md).
 
 - Many small programs: one warp per (batch, group, 8 channels) for N = 16, 1536 programs for
   batch 32 x 384 channels. A program's tiles are [state, channel, time]; Triton's default layout
