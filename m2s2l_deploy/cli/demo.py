@@ -17,8 +17,11 @@ def demo(workdir: Path = typer.Option(Path("runs/demo"), "--workdir", help="Wher
          train_seed: int = typer.Option(0, help="Seed of the training scene."),
          test_seed: int = typer.Option(1, help="Seed of the (different) test scene."),
          threads: Optional[int] = typer.Option(None, help="torch CPU threads.")):
-    """The whole chain on an embedded default: synthesise, train tiny, evaluate on another seed, then
-    export, quantize, validate, build an engine and bench a video."""
+    """The whole chain on an embedded default: synthesise, train tiny, evaluate, deploy, bench.
+
+    Evaluates on a scene of another seed, then exports, quantizes, validates, builds an engine and
+    benches a video.
+    """
     needs_torch("demo")
     set_torch_threads(threads)
     from ..jobs.demo import run_demo

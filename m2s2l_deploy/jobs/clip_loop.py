@@ -17,7 +17,6 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..contract import InputContract, prepare_frames
 from ..errors import DataError, UserError
 
 # Outputs a caller gets as arrays of its own; anything else a runner returns lands in VideoScores.extra.
@@ -137,8 +136,3 @@ def score_prepared(runner, prepared: np.ndarray, name: str = "video", batch: int
         seconds=seconds,
         extra={k: np.concatenate(v) for k, v in extra.items()},
     )
-
-
-def prepare_video(video, contract: InputContract) -> np.ndarray:
-    """Decode a dataset Video and apply the input contract: (N, C, H, W) float32."""
-    return prepare_frames(video.load(), contract)
