@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write_bytes
-from . import metrics
 from .outputs import write_guarded
 
 
@@ -27,6 +26,8 @@ def plot_video_scores(results: dict, labels: dict, out_dir: Path) -> list[str]:
     """One PNG per video: paper-protocol score over frames, labelled anomalies shaded.
 
     ``results``: video name -> ``jobs.clip_loop.VideoScores``."""
+    from . import metrics      # scikit-learn: evaluate's dependency, not bench's (bench runs on an ONNX-only box)
+
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
