@@ -168,7 +168,7 @@ def test_enqueue_runs_the_triton_kernel_through_the_interpreter():
     _needs_launch()
     pytest.importorskip("triton")
     code = ("import sys; sys.path.insert(0, 'tests'); import test_engine_plugin as t; "
-            "from m2s2l_deploy.ops.kernels import launch, scan_triton; "
+            "from m2s2l_deploy.ops import launch; from m2s2l_deploy.ops.kernels import scan_triton; "
             "assert launch.interpreter_requested() and scan_triton.interpreted(); "
             "print('err', t.enqueue_on_host(1))")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
