@@ -27,8 +27,10 @@ VTEST = ROOT.parent / "shared" / "data" / "vtest.avi"
 
 
 # Source that decides the synthetic scenes and the trained checkpoint (globs under m2s2l_deploy/).
+# The data modules are the ones training reads through (live sources and bench's stream reader are not).
 TRAINING_SOURCES = ("__init__.py", "contract.py", "jobs/clip_loop.py", "ops/scan.py", "jobs/train.py",
-                    "data/*.py", "model/*.py", "ops/kernels/scan_numba.py", "runners/base.py", "runners/torch_runner.py")
+                    "data/__init__.py", "data/readers.py", "data/video.py", "data/synth.py", "model/*.py",
+                    "ops/kernels/scan_numba.py", "runners/base.py", "runners/torch_runner.py")
 
 
 def _source_hash(*extra) -> str:
@@ -120,3 +122,35 @@ def untrained_report(scene_train, scene_test, tmp_path_factory) -> dict:
     run = tmp_path_factory.mktemp("untrained") / "run"
     save_checkpoint(run, model, contract, {"calibration": cal})
     return evaluate(TorchRunner(run, extras=True), scene_test, log=lambda *_: None)
+
+
+# -- real footage as the live tests serve it (tests/test_sources.py, tests/test_watch.py) ----------------
+@pytest.fixture(scope="session")
+def vtest_frames():
+    from m2s2l_deploy.data.video import read_video
+    if not VTEST.exists():
+        pytest.skip(f"real footage {VTEST} not present")
+    frames, fps = read_video(VTEST, max_frames=150)
+    assert fps == 10.0
+    return frames
+
+
+@pytest.fixture(scope="session")
+def jpeg_parts(vtest_frames):
+    """vtest as the test camera sends it (JPEG bytes) and as a client decodes them."""
+    import cv2
+    import numpy as np
+    parts = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes() for f in vtest_frames]
+    decoded = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in parts]
+    return parts, decoded
+
+
+@pytest.fixture(scope="session")
+def png_folder(vtest_frames, tmp_path_factory):
+    """The first 14 frames of vtest.avi as lossless PNG files, named so that only a natural sort plays them in order."""
+    import cv2
+    d = tmp_path_factory.mktemp("frames") / "cam"
+    d.mkdir()
+    for i, f in enumerate(vtest_frames[:14]):
+        cv2.imwrite(str(d / f"frame{i}.png"), f)
+    return d

@@ -16,7 +16,7 @@ NAME = "m2s2l_deploy"
 # Lower numbers are lower layers: a unit may import only units of lower layers (and itself).
 LAYERS = {
     "__init__": 0, "errors": 0,                                  # the version and the user-facing errors
-    "files": 1, "contract": 1,                                   # atomic writes; how frames become input
+    "files": 1, "contract": 1, "urls": 1,                        # atomic writes; how frames become input; URL credentials
     "ops": 2, "data": 2, "report": 2,                            # scan forms; datasets and video; metrics, plots
     "model": 3,                                                  # the PyTorch model, its score and checkpoints
     "export": 4,                                                 # model -> ONNX

@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .common import console, needs_torch, out, progress, set_torch_threads, write_json
+from .common import console, needs_torch, out, progress, set_torch_threads, threshold_arg, write_json
 from .tables import print_bench_summary
 
 
@@ -22,18 +22,6 @@ def _bench_progress(prog):
     def cb(done, total):
         prog.update(task, completed=done, total=total, info=f"{done} frames")
     return cb
-
-
-def _threshold_arg(text: str):
-    t = text.strip().lower()
-    if t == "auto":
-        return "auto"
-    if t in ("none", "off"):
-        return None
-    try:
-        return float(t)
-    except ValueError:
-        raise UserError(f"--threshold must be auto, none or a number, got '{text}'") from None
 
 
 def _server_bench(videos, server, streams, duration, threshold, json_out):
@@ -62,10 +50,11 @@ def bench_server(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", he
     Per-stream scores and alerts, p50/p99 latency, failed requests; a server restart is ridden out
     (the gap is reported and the streams resume). The server runs its own model: no local runner.
     """
-    _server_bench(videos, server, streams, duration, _threshold_arg(threshold), json_out)
+    _server_bench(videos, server, streams, duration, threshold_arg(threshold), json_out)
 
 
-def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Video file (several only with --server)."),
+def bench(videos: List[str] = typer.Argument(..., metavar="SOURCE...", help="A video file, a folder of frames (give --fps), an http(s)/rtsp URL or camera:N (give --max-frames); several only with --server (video files)."),
+          fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of a folder of frames (a folder has none; default: the model's)."),
           checkpoint: Optional[Path] = typer.Option(None, help="Run folder from `train` (PyTorch runner; with --onnx/--engine: checked against them)."),
           onnx: Optional[Path] = typer.Option(None, "--onnx", help="Exported ONNX (ONNX Runtime); a --split export's NAME.onnx runs as the streaming runner."),
           engine: Optional[Path] = typer.Option(None, "--engine", help="TensorRT engine plan (needs a GPU and TensorRT)."),
@@ -76,7 +65,7 @@ def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Vid
           cuda_graph: bool = typer.Option(False, "--cuda-graph", help="PyTorch runner on cuda: replay a captured CUDA graph per batch shape."),
           compile: bool = typer.Option(False, "--compile", help="PyTorch runner on cuda: torch.compile the forward (about a minute per batch shape; combine with --cuda-graph)."),
           batch: int = typer.Option(1, help="Clips per inference call: 1 = live latency; larger trades latency for throughput."),
-          max_frames: Optional[int] = typer.Option(None, help="Decode at most this many frames of the video."),
+          max_frames: Optional[int] = typer.Option(None, help="Decode at most this many frames of the source (required for a stream or camera)."),
           threshold: str = typer.Option("auto", help="Alert threshold: auto (calibrated on normal footage, stored with the model), a number, or none."),
           min_frames: int = typer.Option(3, help="Alert: raise after this many consecutive frames above the threshold."),
           merge_gap: int = typer.Option(5, help="Alert: an event survives gaps of up to this many frames below the threshold."),
@@ -89,12 +78,13 @@ def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Vid
           server: Optional[str] = typer.Option(None, "--server", help="Alias of `bench-server VIDEO... --server URL`: load-test a running `serve` endpoint instead of a local runner."),
           streams: int = typer.Option(1, help="--server: concurrent video streams."),
           duration: Optional[float] = typer.Option(None, help="--server: seconds to run (default: each video once).")):
-    """Score a video frame by frame as a live system would: causal scores, alerts, latency, FPS.
+    """Score a video (or a folder of frames, a stream, a camera) frame by frame as a live system would:
+    causal scores, alerts, latency, FPS.
 
     Decoding runs on a background thread; the video is resampled to the model's training frame rate;
     frames before the first full clip take the first decidable score and are flagged.
     """
-    thr = _threshold_arg(threshold)
+    thr = threshold_arg(threshold)
     if server is not None:
         local_only = [name for name, v in (("--checkpoint", checkpoint), ("--onnx", onnx), ("--engine", engine),
                                            ("--scores-csv", scores_csv), ("--plot", plot), ("--annotate", annotate))
@@ -117,7 +107,7 @@ def bench(videos: List[Path] = typer.Argument(..., metavar="VIDEO...", help="Vid
         summary = run_bench(videos[0], spec, BenchOutputs(json_out, scores_csv, plot, annotate),
                             progress=_bench_progress(prog), log=console.print, batch=batch, max_frames=max_frames,
                             threshold=thr, min_frames=min_frames, merge_gap=merge_gap, warmup=warmup,
-                            allow_truncated=allow_truncated)
+                            allow_truncated=allow_truncated, fps=fps)
     print_bench_summary(summary)
     for key, path in summary.get("outputs", {}).items():
         console.print(f"wrote {path}")

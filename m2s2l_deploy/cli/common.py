@@ -72,6 +72,19 @@ def parse_size(size: str) -> tuple[int, int]:
     return h, w
 
 
+def threshold_arg(text: str):
+    """--threshold: 'auto' (the model's calibration), 'none'/'off' (no alerts) or a number."""
+    t = text.strip().lower()
+    if t == "auto":
+        return "auto"
+    if t in ("none", "off"):
+        return None
+    try:
+        return float(t)
+    except ValueError:
+        raise UserError(f"--threshold must be auto, none or a number, got '{text}'") from None
+
+
 def write_json(path: Path | None, data: dict) -> None:
     if path is None:
         return

@@ -140,8 +140,13 @@ def _child(d: Path | None, *names: str) -> Path | None:
     return d
 
 
+def image_frames(folder: Path) -> list[Path]:
+    """The image frames of a folder in play order: natural sort, hidden files skipped (every reader's rule)."""
+    return _files(folder, IMAGE_EXTS)
+
+
 def _image_video(folder: Path, **kwargs) -> Video:
-    frames = _files(folder, IMAGE_EXTS)
+    frames = image_frames(folder)
     if not frames:
         raise DataError(f"video folder {folder} contains no image frames ({', '.join(IMAGE_EXTS)})")
     return Video(name=folder.name, frame_paths=frames, **kwargs)

@@ -1,10 +1,12 @@
-"""Decoding a video as a live system sees it: a background thread, resampled to the model's rate.
+"""Decoding a source as a live system sees it: a background thread, resampled to the model's rate.
 
-``VideoReader`` decodes with OpenCV on a background thread and yields (output index, source
-index, BGR frame) at the model's training frame rate (motion scale depends on it):
-``resample_stream`` is the streaming twin of ``contract.resample_indices``. A file that stops
-decoding before the frame count its container promises is truncated or damaged and raises a
-DataError where that is found (``allow_truncated`` scores the decodable part instead).
+``VideoReader`` (bench) decodes any source of ``sources.parse_source`` with OpenCV on a background
+thread and yields (output index, source index, BGR frame) at the model's training frame rate
+(motion scale depends on it): ``resample_stream`` is the streaming twin of
+``contract.resample_indices``, and ``resample_by_time`` the same rule on timestamps for streams
+(``live.LiveReader``, watch). A file that stops decoding before the frame count its container
+promises is truncated or damaged and raises a DataError where that is found (``allow_truncated``
+scores the decodable part instead); a stream bench reads has no count and ends where it drops.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import math
 import os
 import queue
 import threading
-import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -24,8 +25,9 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import numpy as np  # noqa: E402
 
 from ..contract import resample_indices  # noqa: E402
-from ..errors import DataError  # noqa: E402
-from .video import iter_video, video_info  # noqa: E402
+from ..errors import DataError, UserError  # noqa: E402
+from .opened import StreamLost  # noqa: E402
+from .sources import Source, parse_source  # noqa: E402
 
 # Containers whose frame count comes from an index (exact): decoding fewer frames means damage.
 EXACT_COUNT_EXTS = (".avi", ".mp4", ".mov", ".m4v")
@@ -60,59 +62,116 @@ def resample_stream(frames: Iterable[tuple[int, np.ndarray]], src_fps: float | N
         prev = (i, f)
 
 
-class VideoReader:
-    """Decodes a video on a background thread; iterate for (output index, source index, BGR frame).
+def resample_by_time(frames: Iterable[tuple[int, float, np.ndarray]], dst_fps: float | None,
+                     max_hole_s: float) -> Iterator[tuple[int, int, np.ndarray, bool]]:
+    """(source index, timestamp s, frame) -> (output index, source index, frame, fresh) at ``dst_fps``.
 
-    ``decode_s`` is the time spent inside OpenCV. A file that stops decoding before the frame count
-    its container promises is truncated or damaged: that raises a DataError at the point it is
-    found (``allow_truncated`` scores the decodable part instead).
+    ``resample_stream``'s rule on timestamps: output frame k is due at t0 + k/dst_fps and is the
+    source frame nearest to that time (ties to the later one), given once a frame at or after it
+    has arrived; with timestamps i/src it picks exactly what ``resample_indices`` picks. A stream's
+    clock has holes: a step longer than ``max_hole_s`` (or backwards) restarts the output clock at
+    that frame instead of repeating the last frame across the hole, k continuing by the elapsed
+    time (by one after a backward step). ``fresh`` marks frames without history: the first one and
+    the first after each restart. ``dst_fps`` None passes every frame (k counts them).
+    """
+    t0 = None
+    k, prev, prev_pos, prev_ts = 0, None, 0.0, 0.0
+    fresh = True
+    for i, ts, frame in frames:
+        if prev is not None and (ts < prev_ts or ts - prev_ts > max_hole_s):
+            if dst_fps and ts > prev_ts:
+                k = max(k, int(math.floor((ts - t0) * dst_fps + 1e-6)))
+            t0 = ts - k / dst_fps if dst_fps else ts
+            prev, fresh = None, True
+        if t0 is None:
+            t0 = ts
+        prev_ts = ts
+        if not dst_fps:
+            yield k, i, frame, fresh
+            k, fresh, prev = k + 1, False, (i, frame)
+            continue
+        pos = (ts - t0) * dst_fps
+        while k <= pos + 1e-6:
+            take_current = prev is None or pos - k <= k - prev_pos + 1e-9
+            idx, f = (i, frame) if take_current else prev
+            yield k, idx, f, fresh
+            k, fresh = k + 1, False
+        prev, prev_pos = (i, frame), pos
+
+
+class VideoReader:
+    """Decodes a source on a background thread; iterate for (output index, source index, BGR frame).
+
+    ``source``: a ``sources.Source`` or SOURCE text (``fps`` is the rate of a folder of frames).
+    ``info`` has fps, n_frames (None for a stream), width and height (None when a stream does not
+    say before its first frame); ``decode_s`` is the time spent decoding. A file that stops decoding
+    before the frame count its container promises is truncated or damaged: that raises a DataError
+    at the point it is found (``allow_truncated`` scores the decodable part instead). A stream is
+    resampled by its timestamps, and one that drops ends the reading (``lost`` says why): bench is
+    one pass, ``watch`` reconnects.
     """
 
-    def __init__(self, path, target_fps: float | None = None, max_frames: int | None = None,
-                 allow_truncated: bool = False, queue_size: int = 64):
-        self.path = Path(path)
+    def __init__(self, source, target_fps: float | None = None, max_frames: int | None = None,
+                 allow_truncated: bool = False, queue_size: int = 64, fps: float | None = None,
+                 timeout_s: float = 10.0):
+        self.source = source if isinstance(source, Source) else parse_source(source, fps)
+        if self.source.live and max_frames is None:
+            raise UserError(f"{self.source.name} is a live source: give --max-frames N "
+                            "(`watch` scores a stream until it is stopped)")
         quiet_opencv()
-        self.info = video_info(self.path)          # checks existence, emptiness, decodability
-        self.src_fps = self.info["fps"] or None
+        self.opened = self.source.open(timeout_s)         # checks existence, emptiness, decodability
+        size = self.opened.size or (None, None)
+        self.info = {"fps": self.opened.fps or 0.0, "n_frames": self.opened.n_frames,
+                     "width": size[0], "height": size[1]}
+        self.src_fps = self.opened.fps or None
         self.target_fps = target_fps
         self.max_frames = max_frames
         self.allow_truncated = allow_truncated
-        self.decode_s = 0.0
         self.n_decoded = 0
         self.truncated = False
+        self.lost: str | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
+    def decode_s(self) -> float:
+        return self.opened.decode_s
+
+    @property
     def resampled(self) -> bool:
+        if self.source.live:
+            return bool(self.target_fps)           # by timestamps
         return bool(self.target_fps and self.src_fps and abs(self.src_fps - self.target_fps) > 1e-6 * self.src_fps)
 
     def expected_frames(self) -> int:
-        """Output frames the whole (or --max-frames) video should give, from the container's count."""
+        """Output frames the whole (or --max-frames) source should give, from its frame count."""
         n = self.info["n_frames"]
-        if self.max_frames is not None:
-            n = min(n, self.max_frames)
-        if not self.resampled:
+        if n is None or (self.max_frames is not None and self.max_frames < n):
+            n = self.max_frames
+        if not self.resampled or self.source.live:
             return n
         return len(resample_indices(n, self.src_fps, self.target_fps))
 
-    def _timed_frames(self):
-        it = iter_video(self.path, self.max_frames)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                self.decode_s += time.perf_counter() - t0
-                return
-            self.decode_s += time.perf_counter() - t0
-            self.n_decoded += 1
-            yield item
+    def _frames(self):
+        try:
+            for i, ts, frame in self.opened.frames():
+                if self.info["width"] is None:               # a stream tells its size with its first frame
+                    self.info.update(width=int(frame.shape[1]), height=int(frame.shape[0]))
+                self.n_decoded += 1
+                yield i, ts, frame
+                if self.max_frames is not None and self.n_decoded >= self.max_frames:
+                    return
+        except StreamLost as e:
+            self.lost = str(e)
 
     def _run(self) -> None:
         try:
-            for item in resample_stream(self._timed_frames(), self.src_fps, self.target_fps):
+            if self.source.live:       # by timestamps; one pass: a hole restarts the clock, not the clip
+                frames = ((k, i, f) for k, i, f, _ in resample_by_time(self._frames(), self.target_fps, 0.5))
+            else:
+                frames = resample_stream(((i, f) for i, _, f in self._frames()), self.src_fps, self.target_fps)
+            for item in frames:
                 if not self._put(("frame", item)):
                     return
             self._check_complete()
@@ -121,16 +180,19 @@ class VideoReader:
             self._put(("error", e))
 
     def _check_complete(self) -> None:
+        if self.source.kind != "file":
+            return
         promised = self.info["n_frames"]
         if self.max_frames is not None:
             promised = min(promised, self.max_frames)
         short = promised - self.n_decoded
-        exact = self.path.suffix.lower() in EXACT_COUNT_EXTS
+        exact = Path(self.source.target).suffix.lower() in EXACT_COUNT_EXTS
         if short > 0 and (exact or short > max(2, 0.02 * promised)):
             self.truncated = True
             if not self.allow_truncated:
-                raise DataError(f"{self.path} is truncated or has unreadable frames: decoding stopped at frame "
-                                f"{self.n_decoded} of {promised} (pass --allow-truncated to score the decodable part)")
+                raise DataError(f"{self.source.name} is truncated or has unreadable frames: decoding stopped at "
+                                f"frame {self.n_decoded} of {promised} (pass --allow-truncated to score the "
+                                "decodable part)")
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -160,3 +222,4 @@ class VideoReader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.opened.close()

@@ -1,4 +1,5 @@
-"""``bench``: one video through any runner, as a live system would see it.
+"""``bench``: one source (a video file, a folder of frames, a stream or camera for --max-frames
+frames) through any runner, as a live system would see it.
 
 Pipeline: ``data.stream.VideoReader`` decodes on a background thread and resamples to the model's
 training frame rate (motion scale depends on it); here each frame gets the input contract, and
@@ -28,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ..contract import prepare_frames
+from ..data.sources import parse_source
 from ..data.stream import VideoReader, quiet_opencv
 from ..data.video import video_info
 from ..errors import DataError, UserError
@@ -79,7 +81,7 @@ def resolve_threshold(spec, runner) -> tuple[float | None, str]:
     return value, source
 
 
-def _warm_up(runner, batch: int, calls: int) -> None:
+def warm_up(runner, batch: int, calls: int) -> None:
     c = runner.contract
     shapes = {batch, 1}
     for b in sorted(shapes, reverse=True):
@@ -100,9 +102,10 @@ def _percentiles(values) -> dict:
 
 def bench_video(runner, video, *, batch: int = 1, max_frames: int | None = None, threshold="auto",
                 min_frames: int = DEFAULT_MIN_FRAMES, merge_gap: int = DEFAULT_MERGE_GAP, warmup: int = 3,
-                annotate: Path | None = None, allow_truncated: bool = False,
+                annotate: Path | None = None, allow_truncated: bool = False, fps: float | None = None,
                 progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print) -> BenchResult:
-    """Score ``video`` with ``runner`` frame by frame; see the module docstring."""
+    """Score ``video`` (SOURCE text or a ``data.sources.Source``; ``fps``: a folder's frame rate)
+    with ``runner`` frame by frame; see the module docstring."""
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
     if max_frames is not None and max_frames < 1:
@@ -114,21 +117,23 @@ def bench_video(runner, video, *, batch: int = 1, max_frames: int | None = None,
     thr, thr_source = resolve_threshold(threshold, runner)
     if threshold is not None and thr is None:
         log("warning: no calibrated threshold is stored with this model: no alerts (pass --threshold X)")
-    reader = VideoReader(video, target_fps=contract.fps, max_frames=max_frames, allow_truncated=allow_truncated)
-    if contract.fps and not reader.src_fps:
-        log(f"warning: {video} does not state its frame rate; assuming the model's {contract.fps:g} fps")
+    reader = VideoReader(video, target_fps=contract.fps, max_frames=max_frames, allow_truncated=allow_truncated,
+                         fps=fps)
+    video = reader.source.name                 # what reports show (a URL's credentials masked)
+    if contract.fps and not reader.src_fps and not reader.source.live:      # streams go by their timestamps
+        hint = " (give --fps)" if reader.source.kind == "folder" else ""
+        log(f"warning: {video} does not state its frame rate{hint}; assuming the model's {contract.fps:g} fps")
     expected = reader.expected_frames()
     if expected < T:
+        reader.close()
         raise DataError(f"{video} gives {expected} frames at {contract.fps or reader.src_fps or 0:g} fps, "
                         f"fewer than one clip of {T} frames")
     out_fps = contract.fps if reader.resampled else (reader.src_fps or contract.fps)
 
-    _warm_up(runner, batch, warmup)
+    warm_up(runner, batch, warmup)
 
     tracker = AlertTracker(thr, min_frames=min_frames, merge_gap=merge_gap) if thr is not None else None
     writer = None
-    if annotate is not None:
-        writer = AnnotatedWriter(annotate, out_fps or 10.0, (reader.info["width"], reader.info["height"]))
     scores: list[float] = []
     sources: list[int] = []
     latencies: list[float] = []
@@ -138,6 +143,7 @@ def bench_video(runner, video, *, batch: int = 1, max_frames: int | None = None,
 
     def emit(k: int, score: float) -> None:
         """Frame k's score is known: alerts (live) and annotation, in frame order."""
+        nonlocal writer
         scores.append(score)
         if tracker is not None:
             ev = tracker.update(score)
@@ -146,8 +152,10 @@ def bench_video(runner, video, *, batch: int = 1, max_frames: int | None = None,
                     + f": score {score:.2f} > {thr:.2f}")
             if ev is not None:
                 alerts.append(ev)
-        if writer is not None:
+        if annotate is not None:
             kk, frame = raw_pending.popleft()
+            if writer is None:                # a stream tells its frame size with its first frame
+                writer = AnnotatedWriter(annotate, out_fps or 10.0, (frame.shape[1], frame.shape[0]))
             writer.write(frame, kk, score, thr, kk >= T - 1, bool(tracker is not None and tracker.active))
 
     def prepared_frames():
@@ -158,7 +166,7 @@ def bench_video(runner, video, *, batch: int = 1, max_frames: int | None = None,
             prepared = prepare_frames(frame, contract)[0]
             prep_s += time.perf_counter() - t0
             sources.append(src)
-            if writer is not None:
+            if annotate is not None:
                 raw_pending.append((k, frame))
             yield prepared
 
@@ -191,6 +199,8 @@ def bench_video(runner, video, *, batch: int = 1, max_frames: int | None = None,
         reader.close()
     if reader.truncated:
         log(f"warning: {video} is truncated: scored the {reader.n_decoded} decodable frames")
+    if reader.lost:
+        log(f"warning: {video}: stream lost ({reader.lost}): scored the {reader.n_decoded} frames before it")
 
     n_clips = len(latencies)
     decidable = np.arange(n_frames) >= T - 1
@@ -260,7 +270,7 @@ def run_bench(video, runner, outputs: BenchOutputs | None = None, *, labels=None
     ``runner``: a Runner, or a ``runners.factory.RunnerSpec`` built only once the outputs and the
     video have been checked (a bad video fails before the model is loaded). ``settings`` are
     ``bench_video``'s (batch, max_frames, threshold, min_frames, merge_gap, warmup,
-    allow_truncated). Outputs are checked before any work and written atomically after the run,
+    allow_truncated, fps). Outputs are checked before any work and written atomically after the run,
     so a failure leaves none of them behind. ``labels`` (0/1 per scored frame) only shade the plot.
     """
     from ..runners.factory import RunnerSpec, describe_machine
@@ -268,10 +278,14 @@ def run_bench(video, runner, outputs: BenchOutputs | None = None, *, labels=None
     outputs = (outputs or BenchOutputs()).checked()
     json_out, scores_csv, plot, annotate = outputs.json, outputs.scores_csv, outputs.plot, outputs.annotate
     quiet_opencv()
-    video_info(video)                      # a bad video fails before the model is loaded
+    source = parse_source(video, settings.get("fps"))     # a bad source fails before the model is loaded
+    if source.kind == "file":
+        video_info(source.target)
+    if source.live and settings.get("max_frames") is None:
+        raise UserError(f"{source.name} is a live source: give --max-frames N (`watch` scores a stream until stopped)")
     if isinstance(runner, RunnerSpec):
         runner = runner.make()
-    result = bench_video(runner, video, annotate=annotate, progress=progress, log=log, **settings)
+    result = bench_video(runner, source, annotate=annotate, progress=progress, log=log, **settings)
     summary = dict(result.summary)
     summary["machine"] = describe_machine(runner)
     written = {"annotated_video": str(annotate)} if annotate is not None else {}
