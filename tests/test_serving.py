@@ -326,6 +326,41 @@ def test_restart_mid_run_reports_gap_and_resumes(model_files, reference):
     assert_scores_match(report, reference)     # the clip in flight at the stop was resent, answers still right
 
 
+def test_watch_scores_through_the_server(pytriton_server, model_files, reference):
+    """`watch --server`: a camera file scored through the server equals the local runner on the same clips."""
+    from m2s2l_deploy.data.sources import parse_source
+    from m2s2l_deploy.jobs.watch import SourcePlan, Watch, WatchOptions
+    from m2s2l_deploy.serving.client import ServerRunner, describe_server
+
+    video = model_files["videos"][0]
+    model = describe_server(pytriton_server.endpoints.grpc_url)
+    records = []
+    job = Watch([SourcePlan(parse_source(video))], lambda: ServerRunner(model), WatchOptions(batch=3, warmup=0),
+                on_frame=lambda name, r: records.append(r), log=quiet)
+    summary = job.run(threading.Event(), tick_s=0.1)
+    ref = reference[str(video)]
+    decided = [r for r in records if r["decidable"]]
+    assert [r["frame"] for r in decided] == sorted(ref)
+    np.testing.assert_allclose([r["score"] for r in decided], [ref[r["frame"]] for r in decided], rtol=1e-5, atol=1e-5)
+    src = summary["sources"][0]
+    assert src["threshold"] == 3.0 and src["threshold_source"] == "server model config"
+    assert summary["runner"]["runner"] == "triton-grpc" and src["state"] == "ended"
+
+
+def test_watch_cli_with_server(pytriton_server, model_files, tmp_path):
+    url, video = pytriton_server.endpoints.http_url, model_files["videos"][1]
+    proc = run_cli("watch", video, "--server", url, "--json", tmp_path / "w.json", "--threshold", "none")
+    assert proc.returncode == 0, proc.stderr
+    src = json.loads((tmp_path / "w.json").read_text())["sources"][0]
+    assert src["scored"] == len(read_video(video)[0]) and src["threshold"] is None and summary_ok(src)
+    assert_user_error(run_cli("watch", video, "--server", url, "--onnx", model_files["onnx"]), "cannot be used with --server")
+    assert_user_error(run_cli("watch", video, "--server", url, "--roi", video), "--roi")
+
+
+def summary_ok(src: dict) -> bool:
+    return src["opened"] and src["dropped"] == 0 and src["gaps"] == [] and src["latency_ms"]["n"] == src["scored"]
+
+
 # -- the CLI starts and stops a real server ----------------------------------------------------------
 def test_cli_serve_starts_serves_and_stops(model_files, tmp_path):
     """`serve --checkpoint` (the PyTorch runner behind PyTriton): ready, loopback, same scores as TorchRunner, SIGINT stops it."""

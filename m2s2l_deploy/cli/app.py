@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import UserError
-from . import check, demo, deploy, model, serve
+from . import check, demo, deploy, model, serve, watch
 from .common import console, out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,6 +33,8 @@ app.command("build-engine")(deploy.build_engine)
 app.command("validate")(check.validate)
 app.command("bench")(check.bench)
 app.command("bench-server")(check.bench_server)
+# live sources
+app.command("watch")(watch.watch)
 # serving
 app.command("package")(serve.package)
 app.command("serve")(serve.serve)

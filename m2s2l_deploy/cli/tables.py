@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from .common import fmt, out
@@ -148,4 +149,23 @@ def engine_table(s: dict) -> Table:
                         f"{s['int8_layers']} INT8)")
     t.add_row("build time", f"{s['build_seconds']:.1f} s")
     t.add_row("sidecar", s["sidecar"])
+    return t
+
+
+def watch_table(rows: list[dict], title: str = "watch") -> Table:
+    """One row per source (its health, or its summary at the end): frames, latency, queue, score, alerts, gaps."""
+    def count(v):
+        return len(v) if isinstance(v, list) else v
+
+    t = Table(title=title)
+    for col in ("source", "state", "in", "scored", "dropped", "latency ms p50/p99", "queue", "score / thr",
+                "alerts", "gaps"):
+        t.add_column(col, justify="left" if col in ("source", "state") else "right")
+    for r in rows:
+        lat = r["latency_ms"]
+        thr = "none" if r["threshold"] is None else f"{r['threshold']:.2f}"
+        alerts = f"{count(r['alerts'])}" + (" [red]+1 open[/red]" if r["alert_open"] else "")
+        t.add_row(escape(r["source"]), r["state"], str(r["frames_in"]), str(r["scored"]), str(r["dropped"]),
+                  f"{fmt(lat['p50'], 0)}/{fmt(lat['p99'], 0)}", f"{r['queue']} (max {r['queue_max']})",
+                  f"{fmt(r['last_score'], 2)} / {thr}", alerts, str(count(r["gaps"])))
     return t

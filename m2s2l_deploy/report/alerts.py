@@ -2,7 +2,8 @@
 
 Why a state machine: a camera feed cannot look ahead, so an alert must be decidable at the frame
 it is raised. ``AlertTracker`` consumes one score at a time; ``alert_events`` runs it over a whole
-score sequence and gives exactly the events a live run would have produced.
+score sequence and gives exactly the events a live run would have produced; ``LiveAlerts`` runs
+it on a stream (``watch``), where frames carry their own index and time.
 
 Rules (``min_frames`` = m, ``merge_gap`` = g):
 - an event is raised once m consecutive frames score above the threshold; it starts at the first
@@ -124,3 +125,90 @@ def alert_events(scores, threshold: float, *, min_frames: int = 3, merge_gap: in
     if last is not None:
         events.append(last)
     return events
+
+
+class LiveAlerts:
+    """``AlertTracker`` on a live stream, giving each alert's start and end as an event dict at once.
+
+    Why a wrapper: on a stream, frames carry their own index and wall-clock time (dropped frames
+    leave holes, so the tracker's update count is not the frame index), and an operator needs the
+    start when it is raised, not when the alert is over. ``update(score, frame)`` takes the frame's
+    record (``{"frame": k, "wall": time.time(), ...}``) and an optional ``payload`` (what a snapshot
+    needs); it returns the events that frame caused: ``alert_start`` (at the raising frame, with the
+    peak so far) or ``alert_end`` (when the alert closed, with its peak). Events carry ``_payload``,
+    the peak frame's payload, for the caller to take off. Memory stays bounded: records are kept
+    only from the open alert's start (or the current run above the threshold).
+    """
+
+    def __init__(self, threshold: float, *, min_frames: int = 3, merge_gap: int = 5, source: str = ""):
+        self.tracker = AlertTracker(threshold, min_frames=min_frames, merge_gap=merge_gap)
+        self.threshold = float(threshold)
+        self.source = source
+        self.closed: list[dict] = []       # every alert_end so far (the run's alert list)
+        self._records: dict[int, dict] = {}
+        self._start: int | None = None     # update count of the open alert's first frame
+        self._peak = None                  # (update count, score, payload) of the current run/alert's peak
+
+    @property
+    def active(self) -> bool:
+        return self.tracker.active
+
+    def update(self, score: float, frame: dict, payload=None) -> list[dict]:
+        tr = self.tracker
+        above = float(score) > self.threshold
+        if tr.active or above:               # the same peak rule as the tracker (strictly higher wins)
+            if above and (self._peak is None or score > self._peak[1]):
+                self._peak = (tr.frame + 1, float(score), payload)
+        else:
+            self._peak = None
+        ev = tr.update(score)
+        n = tr.frame
+        self._records[n] = {**frame, "score": float(score)}
+        events = []
+        if ev is not None:
+            events.append(self._end(ev, "scores fell below the threshold"))
+        if tr.opened:
+            self._start = n - tr.min_frames + 1
+            events.append(self._event("alert_start", n, self._start, n, None))
+        keep = self._start if tr.active else n - tr.min_frames + 1
+        for old in [c for c in self._records if c < keep]:
+            del self._records[old]
+        return events
+
+    def finish(self, reason: str) -> list[dict]:
+        """Close the open alert (the stream was lost, ended or stopped): its end event, if any."""
+        ev = self.tracker.finish()
+        events = [self._end(ev, reason)] if ev is not None else []
+        self._peak, self._start = None, None
+        self._records = {n: r for n, r in self._records.items() if n == self.tracker.frame}
+        return events
+
+    def _end(self, ev: AlertEvent, reason: str) -> dict:
+        event = self._event("alert_end", ev.end_frame, ev.start_frame, ev.raised_frame, ev.end_frame,
+                            peak_at=ev.peak_frame, reason=reason)
+        self.closed.append({k: v for k, v in event.items() if k != "_payload"})
+        self._peak, self._start = None, None
+        return event
+
+    def _event(self, kind: str, at: int, start: int, raised: int, end: int | None, peak_at: int | None = None,
+               reason: str | None = None) -> dict:
+        rec = self._records
+        peak = self._peak
+        if peak_at is None:
+            peak_at = peak[0]
+        event = {"event": kind, "source": self.source, "frame": rec[at]["frame"], "time": iso_time(rec[at]["wall"]),
+                 "score": rec[at]["score"], "threshold": self.threshold,
+                 "start_frame": rec[start]["frame"], "raised_frame": rec[raised]["frame"],
+                 "peak": {"frame": rec[peak_at]["frame"], "score": rec[peak_at]["score"],
+                          "time": iso_time(rec[peak_at]["wall"])}}
+        if end is not None:
+            event.update(end_frame=rec[end]["frame"], duration_s=round(rec[end]["wall"] - rec[start]["wall"], 3),
+                         reason=reason)
+        event["_payload"] = peak[2] if peak is not None and peak[0] == peak_at else None
+        return event
+
+
+def iso_time(wall: float) -> str:
+    """A wall-clock time (``time.time()``) as local ISO 8601 with its UTC offset, to the millisecond."""
+    from datetime import datetime
+    return datetime.fromtimestamp(wall).astimezone().isoformat(timespec="milliseconds")

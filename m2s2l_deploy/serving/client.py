@@ -1,4 +1,5 @@
-"""N camera streams against a Triton server: scores, alerts, throughput, latency, failures, gaps.
+"""N camera streams against a Triton server: scores, alerts, throughput, latency, failures, gaps;
+and ``ServerRunner``, a served model as a Runner (``watch --server``).
 
 ``bench_streams`` plays video files as concurrent camera streams (one thread and one tritonclient
 connection each). Each stream sends one clip per target frame — the last T prepared frames, exactly
@@ -28,6 +29,8 @@ import numpy as np
 
 from ..contract import InputContract, prepare_frames, resample_indices
 from ..errors import DataError, UserError
+from ..runners.base import Runner
+from ..urls import redact
 from . import MODEL_NAME, require
 
 MAX_STREAMS = 256
@@ -44,7 +47,7 @@ def parse_url(url: str) -> tuple[str, str]:
         text = "grpc://" + text
     u = urlparse(text)
     if u.scheme not in ("grpc", "http") or not u.hostname or u.port is None:
-        raise UserError(f"--server must look like grpc://HOST:PORT or http://HOST:PORT, got '{url}'")
+        raise UserError(f"--server must look like grpc://HOST:PORT or http://HOST:PORT, got '{redact(text)}'")
     return u.scheme, f"{u.hostname}:{u.port}"
 
 
@@ -125,7 +128,7 @@ def describe_server(url: str, model: str = MODEL_NAME, wait_s: float = 10.0, tim
         deadline = time.monotonic() + wait_s
         while not conn.ready(model):
             if time.monotonic() > deadline:
-                raise UserError(f"no ready model '{model}' at {url} after {wait_s:.0f} s "
+                raise UserError(f"no ready model '{model}' at {redact(str(url))} after {wait_s:.0f} s "
                                 "(is the server running? `m2s2l-deploy serve` starts one)")
             time.sleep(0.25)
         cfg = conn.config(model)
@@ -142,13 +145,77 @@ def describe_server(url: str, model: str = MODEL_NAME, wait_s: float = 10.0, tim
         contract = InputContract(height=dims[2], width=dims[3], channels=dims[1], clip_len=dims[0])
         notes.append("the model config carries no input contract: stretch resize and the video's own frame rate assumed")
     else:
-        raise UserError(f"model '{model}' at {url} does not take clips (T, C, H, W): input dims {dims}")
+        raise UserError(f"model '{model}' at {redact(str(url))} does not take clips (T, C, H, W): input dims {dims}")
     want = [contract.clip_len, contract.channels, contract.height, contract.width]
     if dims and dims != want:
-        raise UserError(f"model '{model}' at {url} takes {dims}, but its contract says {want}")
+        raise UserError(f"model '{model}' at {redact(str(url))} takes {dims}, but its contract says {want}")
     thr = params.get("m2s2l_threshold")
     return ServerModel(protocol, address, model, contract, inp["name"], int(cfg.get("max_batch_size", 0)),
                        float(thr) if thr not in (None, "") else None, notes)
+
+
+class ServerRunner(Runner):
+    """A model served by a running Triton server, as a Runner: ``watch --server URL`` scores through it.
+
+    Its contract and threshold are the ones the server's model config carries (``describe_server``);
+    each runner holds one connection (``watch`` makes one per source). Clips go in requests of up to
+    the model's max batch; only ``frame_score`` comes back (no score map: no overlay on snapshots, no
+    region of interest). When the server goes away, the call waits for it (polling with fresh
+    connections, at most ``reconnect_timeout_s``) and resends; then it gives up with a UserError.
+    A connection serves the thread that made it (tritonclient's HTTP client is not thread-safe), so
+    a call from another thread (``watch`` warms up in one, scores in another) opens its own.
+    """
+
+    def __init__(self, server: ServerModel, timeout_s: float = 30.0, reconnect_timeout_s: float = 60.0):
+        self.server, self.timeout_s, self.reconnect_timeout_s = server, timeout_s, reconnect_timeout_s
+        self.name = f"triton-{server.protocol}"
+        self.contract = server.contract
+        self.precision, self.precision_source = None, "the server's model"
+        if server.threshold is not None:
+            self.threshold, self.threshold_source = server.threshold, "server model config"
+        self.conn, self._owner = None, None
+
+    def _connection(self) -> Connection:
+        if self.conn is None or self._owner != threading.get_ident():
+            self.conn = Connection(self.server.protocol, self.server.address, self.timeout_s)
+            self._owner = threading.get_ident()
+        return self.conn
+
+    def _infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:
+        step = max(1, self.server.max_batch)
+        scores = [self._request(np.ascontiguousarray(clips[i:i + step], dtype=np.float32))
+                  for i in range(0, len(clips), step)]
+        return {"frame_score": np.concatenate(scores).astype(np.float32)}
+
+    def _request(self, clips: np.ndarray) -> np.ndarray:
+        srv = self.server
+        deadline = None
+        while True:
+            try:
+                return self._connection().infer(srv.name, clips, srv.input_name)
+            except Exception as exc:  # noqa: BLE001  (classified: a gone server is waited for, the rest raised)
+                if not is_connection_error(exc):
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise UserError(f"the server at {srv.protocol}://{srv.address} refused a request: "
+                                    f"{first[:200]}") from None
+            deadline = deadline or time.monotonic() + self.reconnect_timeout_s
+            while True:
+                self.conn.close()
+                self.conn = None
+                if time.monotonic() > deadline:
+                    raise UserError(f"the server at {srv.protocol}://{srv.address} has been unreachable for "
+                                    f"{self.reconnect_timeout_s:g} s")
+                time.sleep(0.5)
+                if self._connection().ready(srv.name):
+                    break
+
+    def describe(self) -> dict:
+        return {"runner": self.name, "server": f"{self.server.protocol}://{self.server.address}",
+                "model": self.server.name}
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
 
 def load_stream_frames(path, contract: InputContract, max_frames: int | None = None) -> tuple[np.ndarray, float]:
