@@ -15,7 +15,7 @@ from m2s2l_deploy.model.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save
 def saved(tmp_path):
     torch.manual_seed(0)
     model = M2S2L(preset_config("tiny")).eval()
-    model.score_mean.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    model.score_mean.copy_(torch.arange(1.0, 1.0 + len(model.score_mean)))
     run = tmp_path / "run"
     save_checkpoint(run, model, InputContract(fps=10.0), {"training": {"steps": 1}})
     return run, model

@@ -74,12 +74,13 @@ def test_fp16_keeps_scans_sensitive_ops_and_score_head_in_fp32(exports, clips, f
     half, info = to_fp16(src)
     types = _types(half)
     nodes = list(half.graph.node)
-    # the bulk is FP16: every Conv / MatMul reads FP16 activations and weights
-    dense = [n for n in nodes if n.op_type in ("Conv", "ConvTranspose", "MatMul")]
-    assert dense and all(types.get(n.input[0]) == HALF and types.get(n.input[1]) == HALF for n in dense)
-    # ... but every scan node, every sensitive op and the score head compute in FP32
+    # the bulk is FP16: every Conv / MatMul outside the score head (which holds the speed head's
+    # MLP) reads FP16 activations and weights
     head = score_head_names(src.graph)
     assert head
+    dense = [n for n in nodes if n.op_type in ("Conv", "ConvTranspose", "MatMul") and n.name not in head]
+    assert dense and all(types.get(n.input[0]) == HALF and types.get(n.input[1]) == HALF for n in dense)
+    # ... but every scan node, every sensitive op and the score head compute in FP32
     kept = [n for n in nodes if is_scan_node(n) or n.name in head
             or n.op_type in ("Exp", "Softplus", "Log", "Pow", "LayerNormalization")]
     assert len(kept) > len(head)

@@ -6,6 +6,7 @@ import torch
 from m2s2l_deploy.ops import scan
 from m2s2l_deploy.errors import UserError
 from m2s2l_deploy.model import M2S2L, OUTPUT_NAMES, decorrelation_loss, preset_config, preset_names
+from m2s2l_deploy.model.config import ModelConfig
 from m2s2l_deploy.model.flops import model_info
 from m2s2l_deploy.model.layers import SS2D
 
@@ -37,6 +38,45 @@ def test_every_preset_builds_and_uses_three_granularities():
         preset_config("huge")
     with pytest.raises(UserError):
         preset_config("tiny", height=60)
+
+
+@pytest.mark.parametrize("predict", [True, False])
+def test_predictions_see_the_target_only_when_not_predicting(predict):
+    """Predict mode (the presets): the heads' outputs do not depend on the target frame, while the
+    score does (it compares them with it); the older reconstruction mode reads the target."""
+    cfg = preset_config("tiny", predict=predict)
+    assert preset_config("tiny").predict
+    older = {k: v for k, v in preset_config("tiny").to_dict().items() if k != "predict"}
+    assert not ModelConfig.from_dict(older).predict          # checkpoints written before it reconstruct
+    model = M2S2L(cfg).eval()
+    clip = _clip(cfg)
+    other = clip.clone()
+    other[:, -1] = -other[:, -1]
+    with torch.no_grad():
+        a, b = model(clip), model(other)
+    same_pred = all(torch.equal(a[i], b[i]) for i in (1, 2))       # pred_frame, pred_motion
+    assert same_pred == predict
+    assert not torch.equal(a[3], b[3])                               # frame_score
+
+
+def test_speed_head_adds_the_odds_of_a_faster_stride():
+    """The 4th component is the worst token's log(P(stride > 1) / P(stride 1)), from softmax probabilities."""
+    from m2s2l_deploy.model import scoring
+    cfg = preset_config("tiny")
+    assert cfg.speed_classes == 3 and not preset_config("tiny", speed_classes=0).speed_classes
+    model = M2S2L(cfg).eval()
+    with torch.no_grad():
+        out = model.outputs(_clip(cfg, batch=2))
+    logits = out["streams"]["speed_logits"].double()
+    assert logits.shape == (2, cfg.height // (2 * cfg.patch), cfg.width // (2 * cfg.patch), 3)
+    p = torch.softmax(logits, dim=-1)
+    odds = torch.log((1 - p[..., 0]) / p[..., 0]).flatten(1).amax(dim=1)
+    assert out["components"].shape == (2, 4)
+    torch.testing.assert_close(out["components"][:, 3].double(), odds, rtol=1e-4, atol=1e-4)
+    assert list(scoring.ablations(4))[-1] == "quality-aware" and scoring.ablations(4)["quality-aware"] == (1.0,) * 4
+    assert len(M2S2L(preset_config("tiny", speed_classes=0)).score_mean) == 3
+    with pytest.raises(UserError):
+        preset_config("tiny", speed_classes=1)
 
 
 def test_model_scan_forms_agree():

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from m2s2l_deploy.report import metrics
 from m2s2l_deploy.data import open_dataset
 from m2s2l_deploy.model.checkpoint import load_checkpoint
-from m2s2l_deploy.jobs.train import TrainOptions, train
+from m2s2l_deploy.jobs.train import TrainData, TrainOptions, _batch, train
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +61,24 @@ def test_report_agrees_with_sklearn_directly(eval_report, scene_test):
 
 def test_ablation_has_all_variants(eval_report):
     ab = eval_report["ablation"]
-    assert set(ab) == {"appearance-only", "motion-only", "combined", "quality-aware"}
+    assert set(ab) == {"appearance-only", "motion-only", "speed-only", "combined", "quality-aware"}
     assert ab["quality-aware"]["auc_micro"] == pytest.approx(eval_report["auc_micro"])
     assert all(0.0 <= v["auc_micro"] <= 1.0 for v in ab.values())
+
+
+def test_sped_up_batches_keep_the_next_real_frame_as_target():
+    """Speed-head batches: history every k-th frame, target the frame right after the last history
+    frame; a video too short for k gets the largest stride that fits (and its label says so)."""
+    frames = [np.arange(30, dtype=np.float32).reshape(30, 1, 1, 1)]
+    data = TrainData([(0, 0)], frames, [], {})
+    strides = np.array([1, 2, 3, 3])
+    clips = _batch(data, [(0, 0), (0, 5), (0, 25), (0, 0)], 5, strides)[:, :, 0, 0, 0].numpy()
+    for clip, k in zip(clips, strides):
+        np.testing.assert_array_equal(np.diff(clip[:-1]), k)      # history at stride k
+        assert clip[-1] == clip[-2] + 1                            # the next real frame
+    short = np.array([3])
+    clip = _batch(TrainData([(0, 0)], [frames[0][:8]], [], {}), [(0, 0)], 5, short)[0, :, 0, 0, 0].numpy()
+    assert short[0] == 2 and list(clip) == [0, 2, 4, 6, 7]
 
 
 def test_fixed_steps_reproduce_the_same_weights(small_scene, tmp_path):

@@ -87,7 +87,7 @@ def watch(sources: List[str] = typer.Argument(..., metavar="SOURCE...", help="Vi
           backend: Optional[str] = typer.Option(None, help="torch|onnxruntime|tensorrt (default: implied by the files given)."),
           device: str = typer.Option("cpu", help="cpu|cuda."),
           threads: Optional[int] = typer.Option(None, help="CPU threads for torch / ONNX Runtime (per source for ONNX Runtime)."),
-          fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of folders of frames (they have none; default: the model's); overrides a stream's."),
+          fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of folders of frames (they have none; default: the model's). Streams go by their timestamps."),
           threshold: List[str] = typer.Option([], "--threshold", help="auto (the model's calibration), a number, or none; once for all sources or once per source, in order."),
           roi: List[str] = typer.Option([], "--roi", help="Region-of-interest mask image (white = watched) or none; once for all sources or once per source."),
           min_frames: int = typer.Option(3, help="Alert: raise after this many consecutive frames above the threshold."),

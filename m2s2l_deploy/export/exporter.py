@@ -108,8 +108,10 @@ class _GivenFeatures(nn.Module):
         self.first_stage = spatial.first_stage  # the target frame's fine grid is computed in the head
 
     def forward(self, frames):
+        # the model asks for the frames it encodes: all T, or the T-1 history frames (cfg.predict)
         feat2, feat3 = self.feats
-        return None, feat2.flatten(0, 1), feat3.flatten(0, 1)
+        t = frames.shape[0] // feat2.shape[0]
+        return None, feat2[:, :t].flatten(0, 1), feat3[:, :t].flatten(0, 1)
 
 
 class ClipHead(nn.Module):

@@ -36,7 +36,7 @@ def _ablation(per_video: dict[str, VideoScores], labels: dict, mean, std) -> dic
 
     out = {}
     mean, std = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
-    for name, weights in scoring.ABLATIONS.items():
+    for name, weights in scoring.ablations(len(mean)).items():
         w = torch.tensor(weights, dtype=torch.float64)
         scores = {v: metrics.minmax_per_video(
             scoring.combine(torch.from_numpy(s.components).double(), mean, std, w).numpy())

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -50,6 +51,8 @@ class TrainOptions:
     motion_weight: float = 2.0
     fg_weight: float = 10.0         # foreground emphasis of the appearance loss (0 = plain MSE)
     decor_weight: float = 0.1
+    speed_weight: float = 0.5       # weight of the speed head's stride cross-entropy (models with one)
+    fast_share: float = 0.5         # share of each batch played faster than real time (models with a speed head)
     channels: str = "auto"          # auto | 1 | 3
     resize: str = "stretch"
     clip_len: int = 5
@@ -105,8 +108,21 @@ def load_training_data(data_root, layout: str, contract_kw: dict, preset: str, c
     return TrainData(clips, train, calibration, summary), contract
 
 
-def _batch(data: TrainData, picks: list[tuple[int, int]], clip_len: int) -> torch.Tensor:
-    return torch.from_numpy(np.stack([data.frames[v][s:s + clip_len] for v, s in picks]))
+def _batch(data: TrainData, picks: list[tuple[int, int]], clip_len: int, strides=None) -> torch.Tensor:
+    """Clips of consecutive frames; with ``strides``, clip i's history takes every k-th frame
+    (k = strides[i]) and its target is still the frame right after the last history frame: normal
+    footage played k times faster, with the next real frame to predict (speed-head training).
+    A video too short for stride k gets the largest that fits, written back into ``strides``."""
+    if strides is None:
+        return torch.from_numpy(np.stack([data.frames[v][s:s + clip_len] for v, s in picks]))
+    out = []
+    for i, (v, s) in enumerate(picks):
+        f = data.frames[v]
+        strides[i] = k = max(1, min(int(strides[i]), (len(f) - 2) // max(1, clip_len - 2)))  # a short video: slower
+        last = k * (clip_len - 2)                          # offset of the last history frame
+        start = max(0, min(s, len(f) - 2 - last))
+        out.append(np.concatenate([f[start:start + last + 1:k], f[start + last + 1][None]]))
+    return torch.from_numpy(np.stack(out))
 
 
 def background_of(frames: list[np.ndarray]) -> torch.Tensor:
@@ -115,11 +131,15 @@ def background_of(frames: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.median(stack, axis=0).astype(np.float32))
 
 
-def training_loss(model: M2S2L, clips: torch.Tensor, opts: TrainOptions,
-                  background: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+def training_loss(model: M2S2L, clips: torch.Tensor, opts: TrainOptions, background: torch.Tensor | None = None,
+                  strides: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Weighted MSEs. With a background, appearance pixels are weighted 1 + fg_weight*|target - bg|:
     walkers cover a few percent of a surveillance frame, so a plain MSE learns the static scene
-    and leaves people blurry, and blurry people score as anomalous as real anomalies."""
+    and leaves people blurry, and blurry people score as anomalous as real anomalies.
+
+    With ``strides`` (models with a speed head) each granularity-2 token also classifies its
+    clip's history stride (cross-entropy), weighted by how much moves under the token: a token on
+    the empty background cannot tell a stride and would only learn noise."""
     out = model.outputs(clips)
     sq = (out["pred_frame"] - out["target"]).pow(2)
     if background is not None and opts.fg_weight > 0:
@@ -130,7 +150,17 @@ def training_loss(model: M2S2L, clips: torch.Tensor, opts: TrainOptions,
     mot = (out["pred_motion"] - out["motion"]).pow(2).mean()
     dec = decorrelation_loss(out["streams"])
     loss = app + opts.motion_weight * mot + opts.decor_weight * dec
-    return loss, {"app": app.item(), "motion": mot.item(), "decor": dec.item()}
+    parts = {"app": app.item(), "motion": mot.item(), "decor": dec.item()}
+    if strides is not None and "speed_logits" in out["streams"]:
+        logits = out["streams"]["speed_logits"]                                  # (B, h, w, K)
+        target = (strides.to(logits.device) - 1).view(-1, 1, 1).expand(logits.shape[:3])
+        ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none")
+        moving = (clips[:, 1:-1] - clips[:, :-2]).abs().mean(dim=(1, 2))[:, None]  # history motion (B, 1, H, W)
+        w = F.adaptive_avg_pool2d(moving, logits.shape[1:3]).flatten()
+        ce = (ce * w).sum() / w.sum().clamp(min=1e-6)
+        loss = loss + opts.speed_weight * ce
+        parts["speed"] = ce.item()
+    return loss, parts
 
 
 # -- resumable optimiser state, stored with safetensors (no pickle) -----------------------------
@@ -229,6 +259,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
     except OSError as e:
         raise UserError(f"cannot write to {out_dir}: {e.strerror}") from None
     device = torch_device(opts.device)
+    t_job = time.perf_counter()       # --minutes covers the whole job: data preparation and calibration too
 
     random.seed(opts.seed)
     np.random.seed(opts.seed)
@@ -258,10 +289,16 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
     if opts.steps is not None:
         limits.append(opts.steps)
     total_steps = step + min(limits) if limits else None
-    budget_s = None if opts.minutes is None else opts.minutes * 60.0
+    # what is left of --minutes after loading; calibration's share is estimated as training goes
+    budget_s = None if opts.minutes is None else opts.minutes * 60.0 - (time.perf_counter() - t_job)
+    if budget_s is not None and budget_s <= 0:
+        raise UserError(f"--minutes {opts.minutes:g} is used up by loading the data "
+                        f"({time.perf_counter() - t_job:.0f} s); give more minutes")
+    calib_clips = sum(max(0, len(frames) - contract.clip_len + 1) for _, frames in data.calibration)
     rng = np.random.default_rng(opts.seed + step)
     order: list[int] = []
     t_start = time.perf_counter()
+    step_at_start = step
     last_ckpt = t_start
     losses: list[float] = []
     parts: dict = {}
@@ -271,7 +308,8 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         now = time.perf_counter() - t_start
         if total_steps is not None and step >= total_steps:
             break
-        if budget_s is not None and now >= budget_s:
+        if budget_s is not None and now + _calibration_estimate(now, step - step_at_start, opts.batch,
+                                                                calib_clips) >= budget_s:
             break
         if len(order) < opts.batch:
             order = list(rng.permutation(len(data.clips)))
@@ -279,7 +317,14 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         lr = opts.lr * (0.5 * (1 + math.cos(math.pi * _fraction(step, total_steps, now, budget_s))) * 0.95 + 0.05)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        loss, parts = training_loss(model, _batch(data, picks, contract.clip_len).to(device), opts, background)
+        strides = None
+        if cfg.speed_classes:          # a share of each batch plays at strides 2..K (never a real camera's)
+            strides = np.ones(opts.batch, dtype=np.int64)
+            n_fast = int(round(opts.batch * opts.fast_share))
+            strides[opts.batch - n_fast:] = rng.integers(2, cfg.speed_classes + 1, size=n_fast)
+        clips = _batch(data, picks, contract.clip_len, strides).to(device)
+        loss, parts = training_loss(model, clips, opts, background,
+                                    None if strides is None else torch.from_numpy(strides))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -299,6 +344,7 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
     summary = {**data.summary, "preset": opts.preset, "steps": step, "batch": opts.batch,
                "epochs_done": round(step / steps_per_epoch, 2), "train_seconds": round(train_seconds, 1),
                "total_train_seconds": round(elapsed_before + train_seconds, 1),
+               "job_seconds": round(time.perf_counter() - t_job, 1),
                "final_loss": float(np.mean(losses[-20:])) if losses else None, "final_parts": parts,
                "seed": opts.seed, "threads": torch.get_num_threads(), "device": _device_name(device),
                "scan_form": scan_form,
@@ -309,6 +355,13 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
 
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _calibration_estimate(elapsed: float, steps: int, batch: int, clips: int) -> float:
+    """Seconds calibration will take: a forward pass costs about a third of a training step per clip."""
+    if steps == 0:
+        return 0.0
+    return elapsed / (steps * batch) * clips / 3.0
 
 
 def _fraction(step, total_steps, now, budget_s) -> float:

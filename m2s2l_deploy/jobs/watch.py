@@ -59,6 +59,8 @@ class SourcePlan:
 
 @dataclass
 class WatchOptions:
+    """Settings of the whole run (the CLI's options); ``check`` turns a bad one into one line."""
+
     batch: int = 1
     min_frames: int = DEFAULT_MIN_FRAMES
     merge_gap: int = DEFAULT_MERGE_GAP

@@ -1,20 +1,26 @@
 """M2S2L: multi-scale spatial-temporal Mamba video anomaly detector (built from the paper's abstract).
 
-clip (B, T, C, H, W) in [-1, 1]: frames 0..T-2 are history, frame T-1 is the target.
+clip (B, T, C, H, W) in [-1, 1]: frames 0..T-2 are history, frame T-1 is the target. The presets
+encode the history only (``ModelConfig.predict``): the heads predict a target they never see, as
+future-frame prediction does; checkpoints written before it encode the target too.
 
 1. Hierarchical spatial encoder, shared by all frames: patch embedding then SS2D blocks at three
    granularities (strides patch, 2*patch, 4*patch).
 2. Multi-temporal encoders at granularities 2 and 3: Mamba along time per token at strides 1 and 2.
 3. Feature decomposition: two projections split the fused features into an appearance stream and
    a motion stream; their squared cosine similarity is the decorrelation loss.
-4. Decoders: the appearance head reconstructs the target frame, the motion head its frame
+4. Decoders: the appearance head predicts the target frame, the motion head its frame
    difference to the previous frame, each from its own stream (coarse features plus a narrow
    granularity-2 skip, so the heads cannot copy unseen content through a full-resolution path).
    The appearance head predicts on top of the camera's empty scene (``appearance_prior``, the
    training footage's per-pixel median, stored as a buffer): the bottleneck then carries only what
    moves through the scene, so ordinary walkers are reproduced well and unseen objects are not.
-5. Quality-aware score (``scoring``): worst-patch PSNR of both heads plus an SSIM quality term,
-   standardised by normal-footage statistics held in buffers (set by calibration after training).
+5. Speed head (presets): a small MLP on the granularity-2 temporal features classifies the
+   history's frame stride (1..K), trained on normal clips played at strides 1..K; its odds of
+   "faster than real time" at the worst token join the score, for objects that look normal and
+   move too fast.
+6. Quality-aware score (``scoring``): worst-patch PSNR of both heads plus an SSIM quality term
+   (and the speed head's odds), standardised by normal-footage statistics held in buffers (set by calibration after training).
 """
 
 from __future__ import annotations
@@ -96,17 +102,27 @@ class M2S2L(nn.Module):
         self.app_skip1 = nn.Linear(d[0], cfg.skip1_dim) if cfg.skip1_dim else None
         self.app_decoder = Decoder(cfg, cfg.skip1_dim)
         self.mot_decoder = Decoder(cfg)
+        self.speed_head = None
+        if cfg.speed_classes:
+            self.speed_head = nn.Sequential(nn.Linear(d[1], d[1]), nn.GELU(), nn.Linear(d[1], cfg.speed_classes))
         # Normal-footage statistics for the score; identity until calibrated after training.
-        self.register_buffer("score_mean", torch.zeros(len(scoring.COMPONENTS)))
-        self.register_buffer("score_std", torch.ones(len(scoring.COMPONENTS)))
-        self.register_buffer("score_weights", torch.ones(len(scoring.COMPONENTS)))
+        n = len(scoring.COMPONENTS) + (1 if cfg.speed_classes else 0)
+        self.register_buffer("score_mean", torch.zeros(n))
+        self.register_buffer("score_std", torch.ones(n))
+        self.register_buffer("score_weights", torch.ones(n))
         self.register_buffer("map_scale", torch.ones(2))
         # atanh of the empty scene in [-1, 1]; zeros (= mid grey) until set by training
         self.register_buffer("appearance_prior", torch.zeros(cfg.in_channels, cfg.height, cfg.width))
 
     # -- parts ---------------------------------------------------------------------------------
     def encode(self, clip):
-        """clip (B, T, C, H, W) -> appearance/motion streams at granularities 3 and 2."""
+        """clip (B, T, C, H, W) -> appearance/motion streams at granularities 3 and 2.
+
+        With ``cfg.predict`` only the T-1 history frames are encoded: the heads then predict the
+        target instead of reconstructing it, so an object that never appeared in training cannot
+        reach them through the target's own tokens."""
+        if self.cfg.predict:
+            clip = clip[:, :-1]
         b, t = clip.shape[:2]
         g1, g2, g3 = self.spatial(clip.flatten(0, 1))
         f2 = self.temporal2(g2.view(b, t, *g2.shape[1:]))
@@ -115,7 +131,9 @@ class M2S2L(nn.Module):
             "app": self.app_proj(f3), "mot": self.mot_proj(f3),
             "app_skip": self.app_skip(f2), "mot_skip": self.mot_skip(f2),
         }
-        if self.app_skip1 is not None:  # the target frame's finest tokens, squeezed narrow
+        if self.speed_head is not None:
+            streams["speed_logits"] = self.speed_head(f2)
+        if self.app_skip1 is not None:  # the last encoded frame's finest tokens, squeezed narrow
             # (a --split head gets only the coarser grids: it recomputes stage 1 for the target)
             g1_target = self.spatial.first_stage(clip[:, -1]) if g1 is None else g1.view(b, t, *g1.shape[1:])[:, -1]
             streams["app_skip1"] = self.app_skip1(g1_target)
@@ -139,6 +157,8 @@ class M2S2L(nn.Module):
         motion = target - clip[:, -2]
         comps, e_app, e_mot = scoring.components(pred_frame, target, pred_motion, motion,
                                                   self.cfg.score_window, self.cfg.score_stride)
+        if "speed_logits" in streams:
+            comps = torch.cat([comps, scoring.irregularity(streams["speed_logits"])[:, None]], dim=1)
         return {
             "pred_frame": pred_frame, "pred_motion": pred_motion, "target": target, "motion": motion,
             "streams": streams, "components": comps,

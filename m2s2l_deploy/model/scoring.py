@@ -15,6 +15,11 @@ lose part of its error in each (README, Results: for `tiny`, window 10 / stride 
 
     c = [-PSNR(worst E_a), -PSNR(worst E_m), -10*log10(1 - worst Q)]      (dB, higher = worse)
 
+Models with a speed head add a 4th component, ``irregularity``: the worst granularity-2 token's
+log-odds that the history plays faster than real time (an object moving at twice a walker's speed
+looks like a walker seen at frame stride 2). Prediction error misses such an object when it looks
+normal and its motion is smooth; the speed head is trained to tell strides apart on normal footage.
+
 The frame score standardises each component with its mean/std on held-out normal footage and
 takes their weighted soft maximum (``combine``), weights (1, 1, 1) = "quality-aware"; ablations
 zero some weights. The result is in units of normal-footage standard deviations: the causal score;
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 
 PEAK = 2.0
 EPS = 1e-8
-COMPONENTS = ("appearance", "motion", "quality")
+COMPONENTS = ("appearance", "motion", "quality")      # + "speed" for models with a speed head
 SOFT_MAX_TAU = 0.5  # temperature of the soft maximum in combine(), in standard deviations
 ABLATIONS = {
     "appearance-only": (1.0, 0.0, 0.0),
@@ -36,6 +41,16 @@ ABLATIONS = {
     "combined": (1.0, 1.0, 0.0),
     "quality-aware": (1.0, 1.0, 1.0),
 }
+
+
+def ablations(n_components: int) -> dict[str, tuple[float, ...]]:
+    """Weights of each score variant for a model with 3 or 4 (speed head) components; the last,
+    "quality-aware", is the frame score's own (all ones)."""
+    if n_components == 3:
+        return dict(ABLATIONS)
+    return {"appearance-only": (1.0, 0.0, 0.0, 0.0), "motion-only": (0.0, 1.0, 0.0, 0.0),
+            "speed-only": (0.0, 0.0, 0.0, 1.0), "combined": (1.0, 1.0, 0.0, 0.0),
+            "quality-aware": (1.0, 1.0, 1.0, 1.0)}
 
 
 def error_maps(pred_frame, target, pred_motion, motion):
@@ -103,3 +118,9 @@ def combine(comps, mean, std, weights, tau: float = SOFT_MAX_TAU):
 def score_map(e_app, e_mot, map_scale):
     """Pixel anomaly map (B, 1, H, W): each error map divided by its typical value on normal footage."""
     return e_app / map_scale[0] + e_mot / map_scale[1]
+
+
+def irregularity(speed_logits):
+    """(B, h, w, K) stride logits -> (B,): the worst token's log-odds of a stride above 1."""
+    odds = torch.logsumexp(speed_logits[..., 1:], dim=-1) - speed_logits[..., 0]
+    return odds.flatten(1).amax(dim=1)
