@@ -9,6 +9,8 @@ import os
 import platform
 import random
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,26 @@ import numpy as np
 
 from m2s2l_deploy.files import atomic_write_bytes
 from m2s2l_deploy.runners.factory import cpu_name
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, log: Path, ok=(0,), threads: int | None = None) -> int:
+    """Run one m2s2l-deploy command of this checkout (as a user would), its output appended to
+    ``log``; an exit code outside ``ok`` ends the script with one line. ``threads`` caps the
+    OpenMP and Numba pools (for jobs that share the machine)."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+    with open(log, "a") as f:
+        f.write(f"$ m2s2l-deploy {' '.join(map(str, args))}\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, "-m", "m2s2l_deploy.cli", *map(str, args)], stdout=f,
+                              stderr=subprocess.STDOUT, env=env)
+    if proc.returncode not in ok:
+        sys.exit(f"m2s2l-deploy {args[0]} failed (exit {proc.returncode}); see {log}")
+    return proc.returncode
 
 
 def machine(*modules: str) -> str:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,25 +33,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import machine, write_section  # noqa: E402
+from _common import cli, machine, write_section  # noqa: E402
 
 from m2s2l_deploy.files import atomic_write_json  # noqa: E402
 
 TITLE = "## UCSD Ped2: measured by benchmarks/ped2.py"
 ABLATION = ("appearance-only", "motion-only", "speed-only", "combined", "quality-aware")
-
-
-def cli(*args, log: Path, ok=(0,)) -> int:
-    """One m2s2l-deploy command of this checkout, output appended to ``log``; exit codes outside ``ok`` end the script."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log, "a") as f:
-        f.write(f"$ m2s2l-deploy {' '.join(map(str, args))}\n")
-        f.flush()
-        proc = subprocess.run([sys.executable, "-m", "m2s2l_deploy.cli", *map(str, args)], stdout=f,
-                              stderr=subprocess.STDOUT, env=env)
-    if proc.returncode not in ok:
-        sys.exit(f"m2s2l-deploy {args[0]} failed (exit {proc.returncode}); see {log}")
-    return proc.returncode
 
 
 def train_and_evaluate(data: Path, out: Path, seed: int, budget: list[str], log: Path) -> dict:
@@ -145,7 +130,7 @@ def render(result: dict) -> str:
              "| appearance-only | motion-only | speed-only | combined | quality-aware | frame difference |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in seeds:
-        ab = [f"{s['ablation'].get(k, float('nan')):.3f}" for k in ABLATION]
+        ab = [f"{s['ablation'][k]:.3f}" if k in s["ablation"] else "–" for k in ABLATION]
         job = s["job_seconds"] or s["train_seconds"]
         lines.append(f"| {s['seed']} | {s['steps']} | {job / 60:.1f} | {s['auc_micro']:.3f} | {s['auc_macro']:.3f} "
                      f"| {s['auc_micro_causal']:.3f} | {' | '.join(ab)} | {s['baseline_auc_micro']:.3f} |")
@@ -162,19 +147,18 @@ def render(result: dict) -> str:
     if dep:
         lines += ["", f"Deployment chain on the seed-{seeds[0]['seed']} model (ONNX loop scan; FP16 and INT8 "
                   "engine plans built ahead of time and not run: no GPU here can run them; `validate` checks "
-                  "the ONNX forms with ONNX Runtime on the 12 test videos):", "",
+                  "the ONNX forms with ONNX Runtime on the 12 test videos, gates unchanged; its speed "
+                  "column is left out here: CPU speed is measured in docs/benchmarks.md):", "",
                   "| form | ΔAUC micro (paper / causal) | score correlation (min of Pearson, Spearman) "
-                  "| frame-score error p99 (relative) | passed | speed vs PyTorch (validate) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| frame-score error p99 (relative) | passed |",
+                  "| --- | --- | --- | --- | --- |"]
         for k, v in dep["validate"].items():
             g = {x["name"]: x for x in v["gates"]}
             d = v["delta_auc"]
-            sp = v["speedup"]
-            sp = f"{sp:.2f}×" if isinstance(sp, (int, float)) else "–"
             lines.append(f"| {k} | {d['auc_micro']:+.4f} / {d['auc_micro_causal']:+.4f} "
                          f"| {g['correlation']['value']:.4f} (≥ {g['correlation']['limit']:g}) "
                          f"| {g['output_error']['value']:.4f} (≤ {g['output_error']['limit']:g}) "
-                         f"| {'yes' if v['passed'] else '**no**: ' + ', '.join(v['failed_gates'])} | {sp} |")
+                         f"| {'yes' if v['passed'] else '**no**: ' + ', '.join(v['failed_gates'])} |")
         b = dep["bench"]
         delays = b["delay_frames"]
         lines += ["", f"`bench` on the 12 test videos' frame folders (fp32 ONNX, batch 1, the stored threshold, "

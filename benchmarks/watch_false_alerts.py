@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,23 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from live_server import LiveServer  # noqa: E402
+from _common import cli  # noqa: E402
 
 from m2s2l_deploy.data.readers import image_frames  # noqa: E402
 from m2s2l_deploy.files import atomic_write_json  # noqa: E402
 
 TRAIN, WATCH = [f"{i:02d}" for i in range(1, 13)], [f"{i:02d}" for i in range(13, 17)]
-
-
-def cli(*args, log: Path) -> None:
-    """One m2s2l-deploy command of this checkout; its output appended to ``log``; a failure ends the script."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log, "a") as f:
-        f.write(f"$ m2s2l-deploy {' '.join(map(str, args))}\n")
-        f.flush()
-        proc = subprocess.run([sys.executable, "-m", "m2s2l_deploy.cli", *map(str, args)], stdout=f,
-                              stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"m2s2l-deploy {args[0]} failed (exit {proc.returncode}); see {log}")
 
 
 def training_subset(data: Path, out: Path) -> Path:

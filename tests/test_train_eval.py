@@ -19,7 +19,7 @@ def test_checkpoint_records_contract_and_calibration(trained_run):
     ckpt = load_checkpoint(trained_run)
     assert ckpt.contract.fps == 10 and ckpt.contract.channels == 1 and ckpt.contract.clip_len == 5
     cal = ckpt.info["calibration"]
-    assert len(cal["component_std"]) == 3 and all(s > 0 for s in cal["component_std"])
+    assert len(cal["component_std"]) == 4 and all(s > 0 for s in cal["component_std"])   # 3 + the speed head
     # the buffers in the weights are the calibration record
     np.testing.assert_allclose(ckpt.state["score_mean"].numpy(), cal["component_mean"], rtol=1e-6)
     assert ckpt.info["training"]["steps"] > 0 and ckpt.info["training"]["layout"] == "frames"
