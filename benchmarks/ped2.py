@@ -183,11 +183,15 @@ def main() -> None:
         sys.exit(f"{a.data} is not a folder")
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "commands.log"
-    info = machine("torch", "onnxruntime")
+    first = a.out / "machine.json"        # the machine as the first training job found it (kept on resume)
+    if not first.exists():
+        atomic_write_json(first, {"machine": machine("torch", "onnxruntime"), "date": datetime.date.today().isoformat()})
+    started = json.loads(first.read_text())
+    info = started["machine"]
     budget = ["--steps", str(a.steps)] if a.steps else ["--minutes", f"{a.minutes:g}"]
     t0 = time.time()
     seeds = [train_and_evaluate(a.data, a.out, s, budget, log) for s in a.seeds]
-    result = {"date": datetime.date.today().isoformat(), "machine": info,
+    result = {"date": started["date"], "machine": info,
               "train_command": f"m2s2l-deploy train --data PED2 --out RUN {' '.join(budget)} --seed S",
               "seeds": seeds}
     if not a.skip_deploy:
