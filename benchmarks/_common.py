@@ -4,7 +4,9 @@ so this module is importable by name)."""
 
 from __future__ import annotations
 
+import datetime
 import importlib
+import json
 import os
 import platform
 import random
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m2s2l_deploy.files import atomic_write_bytes
+from m2s2l_deploy.files import atomic_write_bytes, atomic_write_json
 from m2s2l_deploy.runners.factory import cpu_name
 
 
@@ -90,6 +92,23 @@ def checkpoint_for(preset: str, root: Path, given: str | None) -> Path:
     cfg = preset_config(preset)
     contract = InputContract(cfg.height, cfg.width, cfg.in_channels, clip_len=cfg.clip_len)
     return save_checkpoint(root / preset, M2S2L(cfg).eval(), contract, {})
+
+
+def first_machine(out: Path, *modules: str) -> dict:
+    """``machine(*modules)`` and the date as a script's first run in ``out`` found them, kept in
+    OUT/machine.json so that a resumed run (which only re-renders) reports the load its jobs ran under."""
+    path = Path(out) / "machine.json"
+    if not path.exists():
+        atomic_write_json(path, {"machine": machine(*modules), "date": datetime.date.today().isoformat()})
+    return json.loads(path.read_text())
+
+
+def publish(result: dict, json_path: Path, render, results_md: Path, title: str) -> None:
+    """Write a script's result JSON, print its rendered section and put it into ``results_md``."""
+    atomic_write_json(json_path, result)
+    text = render(result)
+    print(text)
+    write_section(results_md, title, text)
 
 
 def write_section(path: Path, title: str, text: str) -> None:

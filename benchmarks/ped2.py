@@ -23,7 +23,6 @@ is either layout of docs/data.md; it is only read.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
@@ -33,9 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import cli, machine, write_section  # noqa: E402
+from _common import cli, first_machine, publish  # noqa: E402
 
-from m2s2l_deploy.files import atomic_write_json  # noqa: E402
 
 TITLE = "## UCSD Ped2: measured by benchmarks/ped2.py"
 ABLATION = ("appearance-only", "motion-only", "speed-only", "combined", "quality-aware")
@@ -92,6 +90,7 @@ def deploy(data: Path, run: Path, out: Path, log: Path) -> dict:
 def bench_test_videos(data: Path, onnx: Path, run: Path, dep: Path, log: Path) -> dict:
     """`bench` on each test video's frame folder (live: batch 1), alerts scored against its labels."""
     from m2s2l_deploy.data import open_dataset
+    from m2s2l_deploy.data.readers import label_runs
     from m2s2l_deploy.report.alerts import AlertEvent, score_alerts
 
     totals = {"events": 0, "found": 0, "missed": 0, "alerts": 0, "false_alerts": 0, "delay_frames": []}
@@ -106,7 +105,7 @@ def bench_test_videos(data: Path, onnx: Path, run: Path, dep: Path, log: Path) -
         summary = json.loads(out.read_text())
         events = [AlertEvent(**{k: a[k] for k in ("start_frame", "end_frame", "peak_frame", "peak_score",
                                                   "raised_frame")}) for a in summary["alerts"]]
-        r = score_alerts(events, video.labels[:summary["n_frames"]])
+        r = score_alerts(events, label_runs(video.labels[:summary["n_frames"]]))
         per_video[video.name] = r
         fps.append(summary["fps_model"])
         for k in totals:
@@ -183,24 +182,17 @@ def main() -> None:
         sys.exit(f"{a.data} is not a folder")
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "commands.log"
-    first = a.out / "machine.json"        # the machine as the first training job found it (kept on resume)
-    if not first.exists():
-        atomic_write_json(first, {"machine": machine("torch", "onnxruntime"), "date": datetime.date.today().isoformat()})
-    started = json.loads(first.read_text())
-    info = started["machine"]
+    started = first_machine(a.out, "torch", "onnxruntime")
     budget = ["--steps", str(a.steps)] if a.steps else ["--minutes", f"{a.minutes:g}"]
     t0 = time.time()
     seeds = [train_and_evaluate(a.data, a.out, s, budget, log) for s in a.seeds]
-    result = {"date": started["date"], "machine": info,
+    result = {"date": started["date"], "machine": started["machine"],
               "train_command": f"m2s2l-deploy train --data PED2 --out RUN {' '.join(budget)} --seed S",
               "seeds": seeds}
     if not a.skip_deploy:
         result["deploy"] = deploy(a.data, Path(seeds[0]["run"]), a.out, log)
     result["wall_seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(a.out / "ped2.json", result)
-    text = render(result)
-    print(text)
-    write_section(a.results, TITLE, text)
+    publish(result, a.out / "ped2.json", render, a.results, TITLE)
 
 
 if __name__ == "__main__":

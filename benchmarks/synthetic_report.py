@@ -19,7 +19,6 @@ benchmarks/synthetic_report.py" of docs/results.md (--results).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import cli, machine, write_section  # noqa: E402
+from _common import cli, first_machine, publish  # noqa: E402
 
-from m2s2l_deploy.files import atomic_write_json  # noqa: E402
 
 TITLE = "## Synthetic report seeds: measured by benchmarks/synthetic_report.py"
 
@@ -102,18 +100,15 @@ def main() -> None:
     if a.parallel > 1 and not a.steps:
         sys.exit("--parallel needs --steps: runs sharing a machine would get fewer steps out of --minutes")
     a.out.mkdir(parents=True, exist_ok=True)
-    info = machine("torch")
+    started = first_machine(a.out, "torch")
     for s in [0, *a.report_seeds]:
         scene(a.out, s)
     budget = ["--steps", str(a.steps)] if a.steps else ["--minutes", f"{a.minutes:g}"]
     with ThreadPoolExecutor(a.parallel) as pool:
         rows = list(pool.map(lambda s: one_seed(a.out, s, budget, a.report_seeds, a.threads), a.seeds))
-    result = {"date": datetime.date.today().isoformat(), "machine": info, "report_seeds": a.report_seeds,
+    result = {"date": started["date"], "machine": started["machine"], "report_seeds": a.report_seeds,
               "train_command": f"m2s2l-deploy train --data SCENE0 --out RUN {' '.join(budget)} --seed S", "seeds": rows}
-    atomic_write_json(a.out / "synthetic_report.json", result)
-    text = render(result)
-    print(text)
-    write_section(a.results, TITLE, text)
+    publish(result, a.out / "synthetic_report.json", render, a.results, TITLE)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from m2s2l_deploy.report.alerts import AlertTracker, alert_events, labelled_events, score_alerts
+from m2s2l_deploy.data.readers import label_runs
+from m2s2l_deploy.report.alerts import AlertTracker, alert_events, score_alerts
 from m2s2l_deploy.data.stream import resample_stream
 from m2s2l_deploy.jobs.bench import bench_video
 from m2s2l_deploy.contract import prepare_frames, resample_indices
@@ -297,8 +298,8 @@ def test_alerts_scored_against_labels_by_brute_force():
         labels = np.convolve(labels, np.ones(12), mode="same") > 0          # events of ~12 frames
         scores = labels * rng.random(200) * 2 + rng.random(200) * 1.2
         events = alert_events(scores, 1.0, min_frames=2, merge_gap=1)
-        r = score_alerts(events, labels)
-        runs = labelled_events(labels)
+        runs = label_runs(labels)
+        r = score_alerts(events, runs)
         assert all(labels[a:b + 1].all() and (a == 0 or not labels[a - 1]) and (b == 199 or not labels[b + 1])
                    for a, b in runs) and sum(b - a + 1 for a, b in runs) == labels.sum()
         covered = np.zeros(200, bool)
@@ -308,5 +309,5 @@ def test_alerts_scored_against_labels_by_brute_force():
         assert r["missed"] == len(runs) - r["found"] and r["alerts"] == len(events)
         assert r["false_alerts"] == sum(not labels[e.start_frame:e.end_frame + 1].any() for e in events)
         assert len(r["delay_frames"]) == r["found"] and all(d >= 0 for d in r["delay_frames"])
-    assert score_alerts([], np.zeros(10)) == {"events": 0, "found": 0, "missed": 0, "alerts": 0,
+    assert score_alerts([], label_runs(np.zeros(10))) == {"events": 0, "found": 0, "missed": 0, "alerts": 0,
                                                 "false_alerts": 0, "delay_frames": []}

@@ -233,6 +233,14 @@ def _frame_labels_from_ranges(ranges, n_frames: int, video: str, source: str) ->
     return labels
 
 
+def label_runs(labels) -> list[tuple[int, int]]:
+    """0-based inclusive (start, end) of every run of 1s in a 0/1 per-frame sequence (the inverse,
+    up to 0/1-basing, of the ranges the label files hold): labelled events, synthetic events."""
+    flags = np.concatenate([[0], (np.asarray(labels).reshape(-1) > 0).astype(np.int8), [0]])
+    edges = np.diff(flags)
+    return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist()))
+
+
 _GT_LINE = re.compile(r"gt_frame\s*=\s*\[([^\]]*)\]")
 _GT_INDEX = re.compile(r"\{\s*(end\s*\+\s*1|\d+)\s*\}")
 

@@ -38,6 +38,7 @@ from scipy.ndimage import gaussian_filter, gaussian_filter1d
 from scipy.stats import rankdata
 
 from ..errors import UserError
+from .readers import label_runs
 
 GENERATOR_VERSION = 2
 FPS = 10
@@ -744,18 +745,11 @@ def render(layout: Layout, plan: VideoPlan) -> Iterator[tuple[np.ndarray, list[n
         yield np.clip(np.rint(frame), 0, 255).astype(np.uint8), masks
 
 
-def _segments(flags: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive (start, end) index pairs of the runs of ones."""
-    f = np.concatenate([[0], flags.astype(np.int8), [0]])
-    edges = np.diff(f)
-    return list(zip(np.nonzero(edges == 1)[0].tolist(), (np.nonzero(edges == -1)[0] - 1).tolist()))
-
-
 def _event_records(events: Sequence[str], visible: np.ndarray) -> list[dict]:
     """JSON event list: one record per contiguous run of frames in which the event is visible."""
     out = []
     for i, e in enumerate(events):
-        out += [{"type": e, "start": s, "end": t} for s, t in _segments(visible[:, i])]
+        out += [{"type": e, "start": s, "end": t} for s, t in label_runs(visible[:, i])]
     return sorted(out, key=lambda r: (r["start"], r["type"]))
 
 

@@ -48,9 +48,11 @@ def ablations(n_components: int) -> dict[str, tuple[float, ...]]:
     "quality-aware", is the frame score's own (all ones)."""
     if n_components == 3:
         return dict(ABLATIONS)
-    return {"appearance-only": (1.0, 0.0, 0.0, 0.0), "motion-only": (0.0, 1.0, 0.0, 0.0),
-            "speed-only": (0.0, 0.0, 0.0, 1.0), "combined": (1.0, 1.0, 0.0, 0.0),
-            "quality-aware": (1.0, 1.0, 1.0, 1.0)}
+    pad = (0.0,) * (n_components - 3)
+    out = {name: w + pad for name, w in ABLATIONS.items() if name != "quality-aware"}
+    out["speed-only"] = (0.0,) * 3 + (1.0,)
+    out["quality-aware"] = (1.0,) * n_components
+    return out
 
 
 def error_maps(pred_frame, target, pred_motion, motion):

@@ -127,21 +127,14 @@ def alert_events(scores, threshold: float, *, min_frames: int = 3, merge_gap: in
     return events
 
 
-def labelled_events(labels) -> list[tuple[int, int]]:
-    """(start, end) inclusive of every run of 1s in a 0/1 per-frame label sequence."""
-    lab = np.asarray(labels, dtype=np.int8).reshape(-1)
-    edges = np.diff(np.concatenate([[0], (lab > 0).astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist()))
-
-
-def score_alerts(events: list[AlertEvent], labels) -> dict:
-    """How alerts fare against labelled frames (the alerting view of a test video, next to AUC).
+def score_alerts(events: list[AlertEvent], truth: list[tuple[int, int]]) -> dict:
+    """How alerts fare against labelled events, ``truth`` = inclusive (start, end) frame ranges
+    (``data.readers.label_runs`` of a video's labels): the alerting view of a test video, next to AUC.
 
     A labelled event is found when an alert overlaps it; its delay is the frames from the
     event's first labelled frame to the raising frame of the first alert that overlaps it
     (0 when the alert was already raised). An alert that overlaps no labelled event is false.
     """
-    truth = labelled_events(labels)
     overlaps = [[e for e in events if e.start_frame <= end and e.end_frame >= start] for start, end in truth]
     found = [(start, hits) for (start, _), hits in zip(truth, overlaps) if hits]
     false = [e for e in events if not any(e.start_frame <= end and e.end_frame >= start for start, end in truth)]
