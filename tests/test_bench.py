@@ -49,7 +49,8 @@ def onnx_files(trained_run, tmp_path_factory):
     d = tmp_path_factory.mktemp("bench-onnx")
     whole = export_onnx(trained_run, d / "tiny-loop.onnx", scan="loop").paths[0]
     export_onnx(trained_run, d / "tiny-split.onnx", scan="loop", split=True)
-    return {"whole": whole, "split": d / "tiny-split.onnx"}
+    plugin = export_onnx(trained_run, d / "tiny-plugin.onnx", scan="plugin").paths[0]
+    return {"whole": whole, "split": d / "tiny-split.onnx", "plugin": plugin}
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +281,31 @@ def test_bench_onnx_runs_without_torch(which, onnx_files, synth_video, tmp_path)
     assert s["n_frames"] == min(40, s["video_info"]["frames_decoded"]) and s["runner"].startswith("onnxruntime")
     assert "torch" not in s["machine"] and s["threshold"] is not None
     assert (tmp_path / "s.csv").is_file() and (tmp_path / "p.png").is_file()
+
+
+def _csv_scores(path):
+    rows = list(csv.DictReader(open(path)))
+    return np.array([float(r["score"]) for r in rows])
+
+
+def test_bench_plugin_form_runs_the_compiled_scan_without_torch(onnx_files, tmp_path):
+    """The CPU user's form: `bench --onnx` on a plugin export runs the Numba scan op (no torch in the
+    process) on real footage, and scores every frame as the loop export does."""
+    if not VTEST.exists():
+        pytest.skip(f"real footage {VTEST} not present (outside a developer checkout)")
+    pytest.importorskip("onnxruntime_extensions")
+    args = [VTEST, "--max-frames", "30", "--threads", "1"]
+    proc = run_cli_without_torch("bench", *args, "--onnx", onnx_files["plugin"], "--json", tmp_path / "p.json",
+                                 "--scores-csv", tmp_path / "p.csv")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((tmp_path / "p.json").read_text())
+    assert s["runner"] == "onnxruntime-plugin+numba" and "torch" not in s["machine"]
+    assert s["machine"]["scan_kernel"] == "numba" and s["machine"]["scan_threads"] == 1
+    proc = run_cli_without_torch("bench", *args, "--onnx", onnx_files["whole"], "--scores-csv", tmp_path / "l.csv")
+    assert proc.returncode == 0, proc.stderr
+    plugin, loop = _csv_scores(tmp_path / "p.csv"), _csv_scores(tmp_path / "l.csv")
+    assert len(plugin) == len(loop) == 30
+    np.testing.assert_allclose(plugin, loop, rtol=1e-4, atol=1e-4)
 
 
 def test_torch_verbs_say_which_extra_without_torch(small_scene, synth_video, tmp_path):

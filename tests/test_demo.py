@@ -27,8 +27,11 @@ def test_demo_runs_the_whole_chain(scene_train, scene_test, trained_run, tmp_pat
         assert title in proc.stdout
     report = json.loads((work / "report.json").read_text())
     deploy = report["deploy"]
-    assert deploy["validate"]["fp32"]["passed"] and deploy["validate"]["int8"]["passed"]
-    assert deploy["validate"]["fp32"]["candidate"]["auc_micro"] == pytest.approx(report["auc_micro"], abs=1e-3)
+    v = deploy["validate"]
+    assert set(v) == {"fp32, batch 16", "fp32, batch 1", "int8, batch 16"} and all(r["passed"] for r in v.values())
+    assert all(r["candidate"]["runner"] == "onnxruntime-plugin+numba" for r in v.values())
+    assert {r["timing"]["settings"]["batch"] for r in v.values()} == {1, 16}
+    assert v["fp32, batch 16"]["candidate"]["auc_micro"] == pytest.approx(report["auc_micro"], abs=1e-3)
     assert deploy["bench"]["n_frames"] == 120 and (work / "bench.png").stat().st_size > 0
     if available_backends():
         plan = work / "engines" / "m2s2l-tiny-loop-fp16.plan"

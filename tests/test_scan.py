@@ -96,35 +96,49 @@ def test_dispatcher_on_cpu_is_cpu_form():
     torch.testing.assert_close(selective_scan_fn(**x), selective_scan_cpu(**x))
 
 
-def test_cpu_training_takes_the_numba_form_and_inference_does_not():
-    """The rule, and the dispatcher really running it: with a gradient the Numba kernel runs
-    (forced off, the PyTorch CPU form gives the same numbers through another code path)."""
+def test_cpu_takes_the_numba_form_for_training_and_inference():
+    """The rule, and the dispatcher really running it: with a gradient the Numba autograd kernel runs,
+    without one the forward-only kernel (the one ONNX Runtime's plugin op runs); both agree with the
+    PyTorch CPU form, which computes through another code path."""
     from m2s2l_deploy.ops import scan
-    from m2s2l_deploy.ops.kernels import scan_numba
+    from m2s2l_deploy.ops.kernels import scan_numba, scan_numba_forward
 
     rule = scan.choose_scan_form
     assert rule(on_cuda=False, needs_grad=True, have_mamba_ssm=False, have_triton=False, have_numba=True) == "numba"
-    assert rule(on_cuda=False, needs_grad=False, have_mamba_ssm=False, have_triton=False, have_numba=True) == "cpu"
+    assert rule(on_cuda=False, needs_grad=False, have_mamba_ssm=False, have_triton=False, have_numba=True) == "numba"
     assert rule(on_cuda=False, needs_grad=True, have_mamba_ssm=False, have_triton=False, have_numba=False) == "cpu"
     assert rule(on_cuda=True, needs_grad=True, have_mamba_ssm=False, have_triton=True, have_numba=True) == "parallel"
     assert scan.scan_form_for(on_cuda=False, needs_grad=True) == "numba"
+    assert scan.scan_form_for(on_cuda=False, needs_grad=False) == "numba"
     x = {k: v.requires_grad_(True) for k, v in _inputs(2, 4, 4, 30, groups=2).items()}
-    calls = []
-    original = scan_numba.NumbaRecurrence.forward
+    calls, forward_calls = [], []
+    original, original_forward = scan_numba.NumbaRecurrence.forward, scan_numba_forward.selective_scan_forward
 
     def counting(ctx, *args):
         calls.append(args[0].shape)
         return original(ctx, *args)
 
+    def counting_forward(*args, **kwargs):
+        forward_calls.append(args[0].shape)
+        return original_forward(*args, **kwargs)
+
     scan_numba.NumbaRecurrence.forward = staticmethod(counting)
+    scan_numba_forward.selective_scan_forward = counting_forward
+    scan._numba_forward.cache_clear()
     try:
         out = selective_scan_fn(**x, delta_softplus=True)
         with torch.no_grad():
-            selective_scan_fn(**x, delta_softplus=True)
+            out_inference = selective_scan_fn(**x, delta_softplus=True)
     finally:
         scan_numba.NumbaRecurrence.forward = staticmethod(original)
-    assert calls == [torch.Size([2, 4, 30])]            # training call only
-    torch.testing.assert_close(out, selective_scan_cpu(**x, delta_softplus=True), rtol=1e-5, atol=1e-5)
+        scan_numba_forward.selective_scan_forward = original_forward
+        scan._numba_forward.cache_clear()
+    assert calls == [torch.Size([2, 4, 30])]            # the training call
+    assert forward_calls == [(2, 4, 30)]                # the inference call
+    with torch.no_grad():
+        expected = selective_scan_cpu(**x, delta_softplus=True)
+    torch.testing.assert_close(out.detach(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_inference, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_numba_form_refuses_uneven_groups():

@@ -123,22 +123,29 @@ def test_python_repository_config_matches_onnx(exports, tmp_path):
     assert set(res.files) >= {"config.pbtxt", "1/model.onnx", "1/model.py", "1/m2s2l_runtime/runners/onnx_runner.py"}
 
 
-def test_vendored_runtime_is_self_contained(exports, tmp_path):
-    """The repository's runner runs without m2s2l_deploy and gives the package runner's numbers."""
+@pytest.mark.parametrize("form", ["loop", "plugin"])
+def test_vendored_runtime_is_self_contained(form, exports, tmp_path):
+    """The repository's runner runs without m2s2l_deploy (nor torch) and gives the package runner's numbers;
+    a plugin export runs its scans with the vendored Numba op."""
     repo = tmp_path / "repo"
-    package_repository(repo, "python", onnx=exports["loop"])
+    res = package_repository(repo, "python", onnx=exports[form])
+    requirements = (repo / "m2s2l" / "requirements.txt").read_text().split()
+    assert ("numba" in requirements and "onnxruntime-extensions" in requirements) == (form == "plugin")
+    assert "1/m2s2l_runtime/ops/kernels/scan_numba_forward.py" in res.files
     clips = np.random.default_rng(0).uniform(-1, 1, (3, 5, 1, H, W)).astype(np.float32)
     np.save(tmp_path / "clips.npy", clips)
-    code = ("import sys, json, numpy as np; sys.path.insert(0, sys.argv[1]);"
+    code = ("import sys, json, numpy as np; sys.modules['torch'] = None; sys.path.insert(0, sys.argv[1]);"
             "from m2s2l_runtime.runners.onnx_runner import OnnxRunner;"
             "r = OnnxRunner(sys.argv[1] + '/model.onnx', providers=['CPUExecutionProvider'], threads=1);"
             "s = r.infer(np.load(sys.argv[2]))['frame_score'];"
-            "print(json.dumps({'scores': s.tolist(), 'leak': sorted(m for m in sys.modules if m.startswith('m2s2l_deploy'))}))")
+            "print(json.dumps({'scores': s.tolist(), 'runner': r.name,"
+            " 'leak': sorted(m for m in sys.modules if m.startswith('m2s2l_deploy'))}))")
     proc = subprocess.run([sys.executable, "-c", code, str(repo / "m2s2l" / "1"), str(tmp_path / "clips.npy")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["leak"] == []
+    assert got["runner"] == ("onnxruntime-plugin+numba" if form == "plugin" else "onnxruntime-loop")
     ref = OnnxRunner(exports["loop"], providers=["CPUExecutionProvider"], threads=1).infer(clips)["frame_score"]
     np.testing.assert_allclose(got["scores"], ref, rtol=1e-5, atol=1e-5)
 

@@ -334,8 +334,10 @@ def test_forced_forms_on_cpu():
     args = _case_args(CASES[0])
     positional = [args[k] for k in POSITIONAL]
     ref = selective_scan_ref(*positional)
-    torch.testing.assert_close(scan.selective_scan_fn(*positional), selective_scan_cpu(*positional), rtol=0, atol=0)
-    for form in ("ref", "parallel", "cpu"):
+    automatic = "numba" if scan._numba_kernel() is not None else "cpu"      # the CPU default, training or not
+    torch.testing.assert_close(scan.selective_scan_fn(*positional),
+                               scan.selective_scan_fn(*positional, form=automatic), rtol=0, atol=0)
+    for form in ("ref", "parallel", "cpu", "numba"):
         torch.testing.assert_close(scan.selective_scan_fn(*positional, form=form), ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown scan form"):
         scan.selective_scan_fn(*positional, form="fast")

@@ -61,13 +61,19 @@ def test_set(trained_run, subset):
 
 
 @pytest.fixture(scope="module")
-def reference(trained_run, test_set) -> RunRecord:
-    return record_run(make_runner(checkpoint=trained_run, threads=1), test_set, batch=16)
+def reference_runner(trained_run):
+    return make_runner(checkpoint=trained_run, threads=1)
 
 
-def candidate_report(path, trained_run, test_set, reference, precision=None):
+@pytest.fixture(scope="module")
+def reference(reference_runner, test_set) -> RunRecord:
+    return record_run(reference_runner, test_set, batch=16)
+
+
+def candidate_report(path, trained_run, test_set, reference, reference_runner, precision=None):
+    """Gates only: timing is skipped here (the CLI tests time with the defaults)."""
     return run_validate(trained_run, onnx=path, data=None, precision=precision, threads=1, reference=reference,
-                        test_set=test_set, **QUIET)
+                        reference_runner=reference_runner, test_set=test_set, timing_batches=0, **QUIET)
 
 
 # -- passing candidates ---------------------------------------------------------------------------
@@ -84,6 +90,15 @@ def test_fp32_onnx_passes(trained_run, fp32_onnx, subset, test_set, reference, t
     assert abs(rep["candidate"]["auc_micro_causal"] - roc_auc_score(y, s)) <= GATE_LIMITS["fp32"]["delta_auc"]
     md = (tmp_path / "v.md").read_text()
     assert "PASS" in md and "speed-up" in md and "| gate |" in md
+    # speed from the timing phase: both runners on the same 9 batches (3 per 64-frame video), interleaved
+    timing = rep["timing"]
+    assert timing["settings"]["batch"] == 16 and timing["settings"]["warmup"] == 3
+    assert timing["settings"]["interleaved"] and timing["settings"]["n_batches"] == 9
+    for role in ("reference", "candidate"):
+        assert rep[role]["ms_per_clip"] == pytest.approx(timing["results"][role]["ms_per_clip"], abs=1e-3)
+        assert timing["results"][role]["n_batches"] == 9
+    assert rep["speedup"] == pytest.approx(rep["reference"]["ms_per_clip"] / rep["candidate"]["ms_per_clip"], rel=1e-3)
+    assert "median of 9 interleaved batches of 16 clips after 3 warm-ups" in md
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +123,11 @@ def test_int8_qdq_onnx_passes(trained_run, fp32_onnx, scene_train, full_test_set
     assert {p.key for p in quantized.metadata_props} >= {"contract", "checkpoint_sha256"}
     runner = make_runner(onnx=out, checkpoint=trained_run, threads=1)
     assert runner.precision == "int8"
-    reference = record_run(make_runner(checkpoint=trained_run, threads=1), full_test_set, batch=16)
-    rep = candidate_report(out, trained_run, full_test_set, reference)
+    reference_runner = make_runner(checkpoint=trained_run, threads=1)
+    reference = record_run(reference_runner, full_test_set, batch=16)
+    rep = candidate_report(out, trained_run, full_test_set, reference, reference_runner)
     assert rep["n_frames"] == sum(len(v.labels) for v in full_test_set)
+    assert rep["timing"] is None and rep["speedup"] is None and "not timed" in rep["markdown"]
     assert rep["precision"] == "int8" and rep["passed"], rep["gates"]
     assert rep["output_error"]["frame_score"]["max_abs"] > 1e-3     # really quantized, not fp32 in disguise
 
@@ -139,7 +156,8 @@ def weights_in_graph_order(model: "onnx.ModelProto", n: int) -> list[str]:
     return order[:n]
 
 
-def test_gates_catch_a_perturbation_that_auc_misses(trained_run, fp32_onnx, subset, test_set, reference, tmp_path):
+def test_gates_catch_a_perturbation_that_auc_misses(trained_run, fp32_onnx, subset, test_set, reference,
+                                                    reference_runner, tmp_path):
     """Search (deterministic: weights in graph order, noise scales growing) for a perturbation whose
     ΔAUC stays inside the fp32 limit but that breaks the correlation gate (preferred) or the output
     error gate; then the CLI must exit non-zero on it although its ΔAUC gate alone passes."""
@@ -150,7 +168,7 @@ def test_gates_catch_a_perturbation_that_auc_misses(trained_run, fp32_onnx, subs
         for scale in (0.01, 0.03, 0.1, 0.3):
             path = tmp_path / f"perturbed-{len(tried)}.onnx"
             onnx.save(perturb(base, name, scale), str(path))
-            rep = candidate_report(path, trained_run, test_set, reference, precision="fp32")
+            rep = candidate_report(path, trained_run, test_set, reference, reference_runner, precision="fp32")
             gates = {g["name"]: g for g in rep["gates"]}
             tried.append((name, scale, {k: round(g["value"], 6) for k, g in gates.items()}))
             if not gates["delta_auc"]["passed"]:
@@ -175,10 +193,20 @@ def test_gates_catch_a_perturbation_that_auc_misses(trained_run, fp32_onnx, subs
 
 
 # -- gate arithmetic without a model --------------------------------------------------------------
-def fake_record(scores: dict, runner="x", ms=10.0) -> RunRecord:
+def fake_record(scores: dict, runner="x") -> RunRecord:
     fs = np.concatenate(list(scores.values()))
-    return RunRecord(runner=runner, frame_scores=scores, samples={"frame_score": fs[:, None]}, infer_s=ms / 1000 * fs.size,
-                     n_clips=fs.size, call_ms=[ms], data_key=tuple((k, (len(v), 1, 4, 4)) for k, v in scores.items()))
+    return RunRecord(runner=runner, frame_scores=scores, samples={"frame_score": fs[:, None]}, n_clips=fs.size,
+                     data_key=tuple((k, (len(v), 1, 4, 4)) for k, v in scores.items()))
+
+
+def fake_timing(ref_ms: float, cand_ms: float, batch: int = 16) -> dict:
+    """What ``time_pair`` returns, for runners that took ``ref_ms`` / ``cand_ms`` per clip."""
+    settings = {"batch": batch, "warmup": 3, "n_batches": 20, "interleaved": True,
+                "threads": {"reference": {"threads": 2}, "candidate": {}}}
+    return {"settings": settings,
+            "results": {role: {"ms_per_call": ms * batch, "ms_per_clip": ms, "p10_ms_per_clip": ms,
+                               "p90_ms_per_clip": ms, "n_batches": 20, "warmup": 3}
+                        for role, ms in (("reference", ref_ms), ("candidate", cand_ms))}}
 
 
 def fake_videos(labels: dict):
@@ -192,9 +220,9 @@ def test_gate_limits_follow_precision():
     ref = {k: rng.normal(size=len(v)) + 4 * v for k, v in labels.items()}
     noisy = {k: s + 0.15 * rng.normal(size=len(s)) for k, s in ref.items()}
     videos = fake_videos(labels)
-    r_ref, r_noisy = fake_record(ref, "torch", 10.0), fake_record(noisy, "cand", 4.0)
-    same = compare(r_ref, fake_record(ref, "cand", 5.0), videos, "fp32")
-    assert same["passed"] and same["speedup"] == pytest.approx(2.0)
+    r_ref, r_noisy = fake_record(ref, "torch"), fake_record(noisy, "cand")
+    same = compare(r_ref, fake_record(ref, "cand"), videos, "fp32")
+    assert same["passed"] and same["speedup"] is None and same["candidate"]["ms_per_clip"] is None
     fp32, int8 = compare(r_ref, r_noisy, videos, "fp32"), compare(r_ref, r_noisy, videos, "int8")
     assert not fp32["passed"] and "correlation" in fp32["failed_gates"]
     s_ref, s_noisy = np.concatenate(list(ref.values())), np.concatenate(list(noisy.values()))
@@ -221,6 +249,24 @@ def test_delta_auc_resolution_warns_when_the_set_is_too_small_for_the_gate():
         assert (report["delta_auc_resolution"] >= GATE_LIMITS["fp16"]["delta_auc"]) == warned
         assert bool(report["warnings"]) == warned
         assert ("cannot resolve the ΔAUC gate" in markdown_report(report)) == warned
+
+
+def test_speed_comes_from_the_timing_phase():
+    """ms/clip, speed-up and the settings line are the timing phase's; without it: not timed."""
+    from m2s2l_deploy.jobs.validate import markdown_report
+    labels = {"a": (np.arange(80) % 9 == 0).astype(np.uint8)}
+    scores = {"a": np.random.default_rng(2).normal(size=80) + 3 * labels["a"]}
+    args = fake_record(scores, "torch"), fake_record(scores, "cand"), fake_videos(labels), "fp32"
+    timed = compare(*args, timing=fake_timing(10.0, 4.0))
+    assert timed["reference"]["ms_per_clip"] == 10.0 and timed["candidate"]["ms_per_clip"] == 4.0
+    assert timed["candidate"]["ms_per_call_p50"] == 64.0 and timed["speedup"] == pytest.approx(2.5)
+    assert timed["timing"]["settings"]["interleaved"]
+    md = markdown_report(timed)
+    assert "| ms per clip | 10.00 | 4.00 | 2.50x speed-up |" in md
+    assert "median of 20 interleaved batches of 16 clips after 3 warm-ups; threads: reference 2" in md
+    untimed = compare(*args)
+    assert untimed["speedup"] is None and untimed["timing"] is None
+    assert "not timed" in markdown_report(untimed)
 
 
 def test_error_stats_definition():
@@ -263,3 +309,11 @@ def test_validate_usage_errors(trained_run, fp32_onnx, subset, test_set, tmp_pat
         run_validate(trained_run, onnx=fp32_onnx, data=subset, markdown_out=tmp_path / "r.txt", **QUIET)
     with pytest.raises(UserError, match="auc-tol"):
         run_validate(trained_run, onnx=fp32_onnx, data=subset, auc_tol=-1.0, **QUIET)
+    assert_user_error(run_cli("validate", "--checkpoint", trained_run, "--onnx", fp32_onnx, "--data", subset,
+                              "--timing-batches", "-1"), "--timing-batches")
+    with pytest.raises(UserError, match="--warmup"):
+        run_validate(trained_run, onnx=fp32_onnx, data=subset, warmup=-1, **QUIET)
+    with pytest.raises(UserError, match="long enough for one timing batch"):     # before the accuracy runs
+        run_validate(trained_run, onnx=fp32_onnx, data=subset, batch=64, **QUIET)
+    with pytest.raises(ValueError, match="reference_runner"):    # a recorded reference alone cannot be timed
+        run_validate(trained_run, onnx=fp32_onnx, data=None, test_set=test_set, reference=object(), **QUIET)

@@ -120,13 +120,18 @@ def validate(checkpoint: Path = typer.Option(..., help="Run folder from `train`:
              dataset: str = typer.Option("auto", help="auto|ped2|avenue|shanghaitech|frames"),
              precision: Optional[str] = typer.Option(None, help="fp32|fp16|int8 (default: from the candidate's metadata/sidecar or graph); picks the gate limits."),
              auc_tol: Optional[float] = typer.Option(None, help="Override the ΔAUC limit (default 0.005 fp32/fp16, 0.01 int8)."),
-             batch: int = typer.Option(16, help="Clips per inference call (both runners)."),
+             batch: int = typer.Option(16, help="Clips per inference call (both runners; also the timing batch)."),
+             timing_batches: int = typer.Option(20, "--timing-batches", help="Speed: batches timed per runner, both runners interleaved on the same clips (median reported); 0 skips timing."),
+             warmup: int = typer.Option(3, help="Speed: untimed warm-up calls per runner before timing."),
              max_videos: Optional[int] = typer.Option(None, help="Use only the first N labelled test videos."),
              device: str = typer.Option("cpu", help="cpu|cuda for both runners (engines always run on cuda)."),
              threads: Optional[int] = typer.Option(None, help="CPU threads for torch / ONNX Runtime."),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
              markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the report as a Markdown table.")):
     """Prove a deployed model matches PyTorch: ΔAUC, score correlation, output error, speed-up.
+
+    Speed is timed after the accuracy runs: both runners on the same batches of test clips,
+    interleaved, after warm-up calls; the median ms per clip is reported.
 
     Exit 0 only when every gate holds (limits by precision: ΔAUC 0.005 fp32/fp16, 0.01 int8;
     correlation >= 0.999 fp32, 0.99 fp16, 0.97 int8; frame-score p99 relative error 1e-3 fp32,
@@ -142,7 +147,8 @@ def validate(checkpoint: Path = typer.Option(..., help="Run folder from `train`:
             return lambda n: prog.advance(task, n)
         report = run_validate(checkpoint, onnx=onnx, engine=engine, data=data, dataset=dataset, precision=precision,
                               auc_tol=auc_tol, batch=batch, max_videos=max_videos, device=device, threads=threads,
-                              json_out=json_out, markdown_out=markdown, progress_factory=factory, log=console.print)
+                              json_out=json_out, markdown_out=markdown, timing_batches=timing_batches, warmup=warmup,
+                              progress_factory=factory, log=console.print)
     out.print(report["markdown"], markup=False, highlight=False, soft_wrap=True)
     for p in (markdown, json_out):
         if p is not None:

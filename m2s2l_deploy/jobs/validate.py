@@ -22,14 +22,16 @@ scores are visibly wrong, so the exit code also needs the agreement of the score
   reads its 99th percentile on ``frame_score`` (the decision); every output's max/mean absolute
   and p99 relative error is reported (maps subsampled to at most 4096 values per clip).
 
-Both runners see the same prepared clips (one ``prepare_frames`` pass); each is timed alone
-(sequentially, same batch size) for the latency columns.
+Both runners see the same prepared clips (one ``prepare_frames`` pass). Speed is not read from
+the accuracy runs (each a few minutes long, one runner after the other, so load drift on a shared
+machine would decide the ratio): a separate phase (``runners.timing``) times both runners on the
+same batches, interleaved, after untimed warm-up calls, and reports the median per clip.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +42,8 @@ from ..data import open_dataset
 from ..errors import DataError, UserError
 from ..files import atomic_write_bytes, atomic_write_json, output_path
 from ..report import metrics
+from ..runners.timing import describe_settings, time_runners, timing_settings
+from ..runners.timing import timing_batches as make_timing_batches   # run_validate's parameter has its name
 from .clip_loop import fill_head, scored_batches
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -61,19 +65,16 @@ class LabelledVideo:
 
 @dataclass
 class RunRecord:
-    """What one runner produced on a test set: per-video frame scores, sampled outputs, timing."""
+    """What one runner produced on a test set: per-video frame scores and sampled outputs.
+
+    No timing: speed is measured apart, on both runners interleaved (``runners.timing``).
+    """
 
     runner: str
     frame_scores: dict[str, np.ndarray]            # causal scores, first T-1 frames filled
     samples: dict[str, np.ndarray]                 # output name -> sampled values (clips, k)
-    infer_s: float
     n_clips: int
-    call_ms: list[float] = field(default_factory=list)
     data_key: tuple = ()
-
-    @property
-    def ms_per_clip(self) -> float:
-        return 1000.0 * self.infer_s / max(1, self.n_clips)
 
 
 def load_test_set(data, dataset: str, contract, max_videos: int | None = None,
@@ -114,19 +115,17 @@ def _sample(values: np.ndarray) -> np.ndarray:
 
 def record_run(runner, videos: list[LabelledVideo], batch: int = 16,
                progress: Callable[[int], None] | None = None) -> RunRecord:
-    """Run ``runner`` over every clip of ``videos``; keep scores, sampled outputs and timing."""
+    """Run ``runner`` over every clip of ``videos``; keep scores and sampled outputs (for accuracy)."""
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
     T = runner.contract.clip_len
     scores: dict[str, np.ndarray] = {}
     samples: dict[str, list[np.ndarray]] = {}
-    infer_s, n_clips, call_ms = 0.0, 0, []
+    n_clips = 0
     for v in videos:
         runner.reset_stream()
         per_video = []
         for b in scored_batches(runner, v.prepared, batch):
-            infer_s += b.seconds
-            call_ms.append(1000.0 * b.seconds)
             n_clips += len(b.targets)
             per_video.append(b.scores)
             for name, value in b.outputs.items():
@@ -135,8 +134,8 @@ def record_run(runner, videos: list[LabelledVideo], batch: int = 16,
                 progress(len(b.targets))
         scores[v.name] = fill_head(np.concatenate(per_video), T - 1)
     return RunRecord(runner=runner.name, frame_scores=scores,
-                     samples={k: np.concatenate(v) for k, v in samples.items()}, infer_s=infer_s,
-                     n_clips=n_clips, call_ms=call_ms, data_key=_data_key(videos))
+                     samples={k: np.concatenate(v) for k, v in samples.items()}, n_clips=n_clips,
+                     data_key=_data_key(videos))
 
 
 def error_stats(ref: np.ndarray, cand: np.ndarray) -> dict:
@@ -216,9 +215,27 @@ def _gate(name: str, value, limit: float, higher_is_better: bool, what: str) -> 
             "comparison": ">=" if higher_is_better else "<=", "passed": bool(ok)}
 
 
+def _speed(timing: dict | None, role: str) -> dict:
+    """One runner's speed fields of the report, from the timing phase (None when it was skipped)."""
+    r = timing["results"][role] if timing else None
+    return {"ms_per_clip": round(r["ms_per_clip"], 3) if r else None,
+            "ms_per_call_p50": round(r["ms_per_call"], 3) if r else None}
+
+
+def _speedup(timing: dict | None) -> float | None:
+    if not timing:
+        return None
+    ref, cand = (timing["results"][role]["ms_per_clip"] for role in ("reference", "candidate"))
+    return round(ref / cand, 3) if cand > 0 else None
+
+
 def compare(reference: RunRecord, candidate: RunRecord, videos: list[LabelledVideo], precision: str,
-            auc_tol: float | None = None) -> dict:
-    """The validation report (no I/O): AUCs, errors, correlations, latency, gates."""
+            auc_tol: float | None = None, timing: dict | None = None) -> dict:
+    """The validation report (no I/O): AUCs, errors, correlations, latency, gates.
+
+    ``timing`` is ``{"settings": timing_settings(...), "results": time_runners(...)}`` with the
+    runners named ``reference`` and ``candidate``; without it the speed fields are None.
+    """
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
     if reference.data_key != candidate.data_key or reference.data_key != _data_key(videos):
@@ -255,19 +272,17 @@ def compare(reference: RunRecord, candidate: RunRecord, videos: list[LabelledVid
         warnings.append(f"this test set cannot resolve the ΔAUC gate for errors of this size: the candidate's own "
                         f"score errors placed on random frames move ΔAUC by up to {resolution:.4f} (95th percentile) "
                         f">= the limit {limits['delta_auc']:g}; validate on more videos (more frames per clean video)")
-    ref_ms, cand_ms = reference.ms_per_clip, candidate.ms_per_clip
     return {
         "passed": all(g["passed"] for g in gates),
         "failed_gates": [g["name"] for g in gates if not g["passed"]],
         "precision": precision,
-        "reference": {"runner": reference.runner, **auc_ref, "ms_per_clip": round(ref_ms, 3),
-                      "ms_per_call_p50": round(float(np.median(reference.call_ms)), 3) if reference.call_ms else None},
-        "candidate": {"runner": candidate.runner, **auc_cand, "ms_per_clip": round(cand_ms, 3),
-                      "ms_per_call_p50": round(float(np.median(candidate.call_ms)), 3) if candidate.call_ms else None},
+        "reference": {"runner": reference.runner, **auc_ref, **_speed(timing, "reference")},
+        "candidate": {"runner": candidate.runner, **auc_cand, **_speed(timing, "candidate")},
         "delta_auc": delta,
         "correlation": corr,
         "output_error": errors,
-        "speedup": round(ref_ms / cand_ms, 3) if cand_ms > 0 else None,
+        "speedup": _speedup(timing),
+        "timing": timing,
         "gates": gates,
         "delta_auc_resolution": resolution,
         "warnings": warnings,
@@ -277,7 +292,8 @@ def compare(reference: RunRecord, candidate: RunRecord, videos: list[LabelledVid
         "definitions": {
             "relative_error": "|cand - ref| / max(|ref|, RMS of ref over the test set)",
             "maps": f"subsampled to at most {MAX_SAMPLES_PER_CLIP} values per clip",
-            "latency": "ms per clip = time inside runner.infer / clips; runners timed one after the other",
+            "latency": "ms per clip = median over the timed batches of (time inside runner.infer / clips); "
+                       "both runners on the same batches, interleaved, after untimed warm-up calls",
             "first_frames": "the first T-1 frames of each video take the first decidable score",
             "delta_auc_resolution": "95th percentile of the gated |ΔAUC| when the candidate's per-frame score "
                                     "differences are shuffled across frames (200 draws)",
@@ -320,9 +336,13 @@ def markdown_report(report: dict) -> str:
                        ("auc_macro_causal", "frame AUC macro (causal protocol)")):
         d = report["delta_auc"][key]
         lines.append(f"| {label} | {_f(ref[key])} | {_f(cand[key])} | {'n/a' if d is None else f'{d:+.4f}'} |")
-    sp = report.get("speedup")
-    lines.append(f"| ms per clip | {_f(ref['ms_per_clip'], 2)} | {_f(cand['ms_per_clip'], 2)} | "
-                 f"{'n/a' if sp is None else f'{sp:.2f}x speed-up'} |")
+    timing, sp = report.get("timing"), report.get("speedup")
+    if timing:
+        lines += [f"| ms per clip | {_f(ref['ms_per_clip'], 2)} | {_f(cand['ms_per_clip'], 2)} | "
+                  f"{'n/a' if sp is None else f'{sp:.2f}x speed-up'} |",
+                  "", f"Speed: {describe_settings(timing['settings'])}."]
+    else:
+        lines += ["| ms per clip | not timed | not timed | |", "", "Speed: not timed (--timing-batches 0)."]
     lines += ["", "| gate | value | limit | result |", "| --- | --- | --- | --- |"]
     for g in report["gates"]:
         v = g["value"]
@@ -344,17 +364,29 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def time_pair(ref_runner, cand, batches: list, batch: int, warmup: int, log: Callable[[str], None] = print) -> dict:
+    """The report's ``timing``: both runners on the same ``batches`` (from ``timing_batches``), interleaved."""
+    runners = {"reference": ref_runner, "candidate": cand}
+    log(f"timing: {len(batches)} batches of {batch} clips, both runners interleaved, after {warmup} warm-up calls")
+    results = time_runners(runners, batches, warmup)
+    return {"settings": timing_settings(runners, batch, warmup, len(batches)), "results": results}
+
+
 def run_validate(checkpoint, *, onnx=None, engine=None, data, dataset: str = "auto", precision: str | None = None,
                  auc_tol: float | None = None, batch: int = 16, max_videos: int | None = None, device: str = "cpu",
                  threads: int | None = None, json_out=None, markdown_out=None, reference: RunRecord | None = None,
-                 test_set: list[LabelledVideo] | None = None, candidate_runner=None,
+                 reference_runner=None, test_set: list[LabelledVideo] | None = None, candidate_runner=None,
+                 timing_batches: int = 20, warmup: int = 3,
                  progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Validate ``onnx`` or ``engine`` against the PyTorch ``checkpoint`` on the labelled test set ``data``.
 
     Returns the report (``report["passed"]`` is the verdict); writes JSON / Markdown when asked,
-    also when a gate fails. ``reference`` / ``test_set`` / ``candidate_runner`` let a caller reuse
-    work across several candidates (tests, demo).
+    also when a gate fails. ``reference`` (a ``RunRecord``) with the ``reference_runner`` that
+    recorded it, ``test_set`` and ``candidate_runner`` let a caller reuse work across several
+    candidates (tests, demo); the runner is still needed because every report times its own pair.
+    Speed: ``timing_batches`` batches of ``batch`` clips after ``warmup`` untimed calls per
+    runner (0 batches: not timed, speed fields None).
     """
     from ..runners.factory import describe_machine, make_runner
 
@@ -362,6 +394,14 @@ def run_validate(checkpoint, *, onnx=None, engine=None, data, dataset: str = "au
         raise UserError("validate needs --checkpoint RUN (the PyTorch reference)")
     if candidate_runner is None and onnx is None and engine is None:
         raise UserError("validate needs a candidate: --onnx FILE or --engine PLAN")
+    if reference is not None and reference_runner is None:
+        raise ValueError("run_validate(reference=...) needs the reference_runner that recorded it (for timing)")
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    if timing_batches < 0:
+        raise UserError(f"--timing-batches must be >= 0 (0 skips timing), got {timing_batches}")
+    if warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {warmup}")
     json_out = output_path(json_out, "JSON output", (".json",))
     markdown_out = output_path(markdown_out, "Markdown output", (".md",))
     if auc_tol is not None and not (math.isfinite(auc_tol) and auc_tol >= 0):
@@ -371,11 +411,12 @@ def run_validate(checkpoint, *, onnx=None, engine=None, data, dataset: str = "au
         if precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
 
-    ref_runner = make_runner(checkpoint=checkpoint, device=device, threads=threads) if reference is None else None
+    ref_runner = (reference_runner if reference_runner is not None
+                  else make_runner(checkpoint=checkpoint, device=device, threads=threads))
     cand = candidate_runner or make_runner(checkpoint=checkpoint, onnx=onnx, engine=engine, device=device,
                                            threads=threads)
-    contract = (ref_runner or cand).contract
-    if ref_runner is not None and cand.contract != ref_runner.contract:
+    contract = ref_runner.contract
+    if cand.contract != ref_runner.contract:
         raise UserError(f"the candidate's input contract {cand.contract.to_dict()} differs from the checkpoint's "
                         f"{ref_runner.contract.to_dict()}: it was built for another model")
     if precision is None:
@@ -388,6 +429,9 @@ def run_validate(checkpoint, *, onnx=None, engine=None, data, dataset: str = "au
         precision_source = "--precision"
     videos = test_set if test_set is not None else load_test_set(data, dataset, contract, max_videos, log=log)
     n_clips = sum(len(v.prepared) - contract.clip_len + 1 for v in videos)
+    # picked before the accuracy runs, so a test set too short for one timing batch fails in seconds
+    batches = make_timing_batches([v.prepared for v in videos], contract.clip_len, batch,
+                                  timing_batches) if timing_batches else None
 
     def prog(label):
         return progress_factory(label, n_clips) if progress_factory else None
@@ -396,7 +440,8 @@ def run_validate(checkpoint, *, onnx=None, engine=None, data, dataset: str = "au
         reference = record_run(ref_runner, videos, batch, prog("PyTorch"))
     log(f"candidate: {cand.name} ({precision}, from {precision_source})")
     candidate = record_run(cand, videos, batch, prog(cand.name))
-    report = compare(reference, candidate, videos, precision, auc_tol)
+    timing = time_pair(ref_runner, cand, batches, batch, warmup, log) if batches else None
+    report = compare(reference, candidate, videos, precision, auc_tol, timing)
     report["precision_source"] = precision_source
     report["batch"] = batch
     report["checkpoint"] = str(checkpoint)

@@ -80,9 +80,11 @@ class SS2D(nn.Module):
         rows = x.flatten(2)
         cols = x.transpose(2, 3).flatten(2)
         xs = torch.stack([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)  # (b, 4, inner, L)
-        proj = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        # Per-direction projections as broadcast matmuls (k, c, d) @ (b, k, d, L): they export as
+        # MatMul, which ONNX Runtime and TensorRT run as batched GEMMs (an Einsum took 16% of ORT's time).
+        proj = torch.matmul(self.x_proj_weight, xs)                           # (b, 4, c, L)
         dts, Bs, Cs = proj.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_proj_weight)
+        dts = torch.matmul(self.dt_proj_weight, dts)                          # (b, 4, inner, L)
         length = h * w
         y = self.scan(xs.reshape(b, -1, length), dts.reshape(b, -1, length), -torch.exp(self.A_log),
                       Bs, Cs, self.D, self.dt_proj_bias.reshape(-1))

@@ -21,13 +21,15 @@ Forms:
 - ``selective_scan_cpu``: the same recurrence time-major with a hand-written adjoint (backward), the
   fastest form on a CPU, where a step over one contiguous slice is cheap.
 - ``selective_scan_numba``: the same recurrence and adjoint as two Numba-compiled loops
-  (``kernels.scan_numba``), 2-4x faster than the CPU form per scan; used for CPU training.
+  (``kernels.scan_numba``), 2-4x faster than the CPU form per scan when training; without a
+  gradient it runs the forward-only kernel (``kernels.scan_numba_forward``, the one ONNX Runtime's
+  plugin op also runs), 3-5x faster again.
 - ``kernels.scan_triton.selective_scan_triton``: the OpenAI-Triton GPU kernel (forward only), in
   its own package because it needs ``triton``; imported lazily from here.
 - ``selective_scan_fn``: dispatcher used by the model (``choose_scan_form`` is its rule): on CUDA,
   mamba-ssm's kernel when importable, else the Triton kernel when no gradient is needed (inference,
   ``no_grad``/``inference_mode``), else the parallel form (training keeps autograd); on CPU the Numba
-  form when training and Numba is importable, else the CPU form. Its ``form`` argument names one
+  form when Numba is importable (training and inference), else the CPU form. Its ``form`` argument names one
   form instead (benchmarks, tests, ``M2S2L.use_scan_form``).
 """
 
@@ -210,16 +212,29 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                          return_last_state=False):
-    """The CPU training form: the recurrence and its adjoint compiled by Numba (``kernels.scan_numba``).
-
-    Memory: the states and the decays, 8*B*D*N*L bytes, kept for the backward pass.
+    """The CPU form compiled by Numba: with a gradient, the recurrence and its adjoint
+    (``kernels.scan_numba``; memory: the states and the decays, 8*B*D*N*L bytes, kept for the
+    backward pass); without one, the forward-only kernel (``kernels.scan_numba_forward``), which
+    stores nothing but y.
     """
     kernel = _numba_kernel()
     if kernel is None:
         raise RuntimeError("scan form 'numba' needs Numba (pip install numba)")
     dtype_in = u.dtype
-    u32, delta = _fp32_inputs(u, delta, delta_bias, delta_softplus)
     _check_groups(B, u.shape[1])
+    if not _needs_grad(u, delta, A, B, C, D, z, delta_bias) and not u.is_cuda:
+        forward = _numba_forward()
+        u32 = u.float()
+        y = forward(*(t.detach().float().numpy() for t in (u32, delta, A, B, C)),
+                    D=None if D is None else D.detach().float().numpy(),
+                    delta_bias=None if delta_bias is None else delta_bias.detach().float().numpy(),
+                    delta_softplus=delta_softplus, threads=torch.get_num_threads())
+        out = _finish(torch.from_numpy(y), u32, None, z, dtype_in)      # D is folded into the kernel
+        if return_last_state:
+            _, delta = _fp32_inputs(u, delta, delta_bias, delta_softplus)
+            return out, _last_state(u32, delta, A.float(), B.float())
+        return out
+    u32, delta = _fp32_inputs(u, delta, delta_bias, delta_softplus)
     out = _finish(kernel(u32, delta, A, B, C), u32, D, z, dtype_in)
     if return_last_state:
         return out, _last_state(u32, delta, A.float(), B.float())
@@ -298,6 +313,14 @@ def _numba_kernel():
     return recurrence
 
 
+@functools.lru_cache(maxsize=None)
+def _numba_forward():
+    """``kernels.scan_numba_forward.selective_scan_forward`` (Numba assumed importable: callers
+    check ``_numba_kernel`` first)."""
+    from .kernels.scan_numba_forward import selective_scan_forward
+    return selective_scan_forward
+
+
 SCAN_FORMS = ("ref", "parallel", "cpu", "numba", "triton", "mamba_ssm")
 
 
@@ -312,7 +335,7 @@ def choose_scan_form(on_cuda: bool, needs_grad: bool, have_mamba_ssm: bool, have
                      have_numba: bool = False) -> str:
     """The dispatcher's rule: which form runs a scan."""
     if not on_cuda:
-        return "numba" if needs_grad and have_numba else "cpu"
+        return "numba" if have_numba else "cpu"
     if have_mamba_ssm:
         return "mamba_ssm"
     if have_triton and not needs_grad:
@@ -324,7 +347,7 @@ def scan_form_for(on_cuda: bool, needs_grad: bool) -> str:
     """The form ``selective_scan_fn`` runs here, given what is importable (training records it)."""
     return choose_scan_form(on_cuda, needs_grad, on_cuda and _mamba_ssm_kernel() is not None,
                             on_cuda and _triton_kernel() is not None,
-                            not on_cuda and needs_grad and _numba_kernel() is not None)
+                            not on_cuda and _numba_kernel() is not None)
 
 
 def _needs_grad(*tensors) -> bool:

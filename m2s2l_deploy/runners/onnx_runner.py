@@ -9,9 +9,11 @@ overlap by T-1 frames (sliding windows, as ``jobs.clip_loop`` makes them) reuse 
 features of the frames already encoded, also across ``infer`` calls, so each frame is encoded
 once. Frames are matched by exact equality, so any other batch still gives the right answer.
 
-``extensions=True`` registers an onnxruntime-extensions Python op for ``ai.onnx.contrib::
-SelectiveScan`` (plugin exports): ORT then runs that op (PyTorch's CPU scan) instead of the
-model-local function body.
+Plugin exports (``--scan plugin``): whenever onnxruntime-extensions and Numba (or torch) are
+importable, the runner registers ``scan_op``'s compiled ``ai.onnx.contrib::SelectiveScan`` op and
+ORT runs it instead of the node's model-local function body (``extensions=None``, the default;
+``True`` insists on it, ``False`` runs the function body). That makes the plugin form the fastest
+CPU form; loop exports are unaffected.
 """
 
 from __future__ import annotations
@@ -23,51 +25,17 @@ import numpy as np
 
 from ..contract import InputContract
 from ..errors import UserError
+from . import scan_op
 from .base import Runner
-
-_EXT_OP = None  # the registered onnxruntime-extensions op (one per process)
 
 
 def extensions_available() -> bool:
-    try:
-        import onnxruntime_extensions  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return scan_op.extensions_available()
 
 
-def register_selective_scan_op():
-    """Register ``ai.onnx.contrib::SelectiveScan`` as an onnxruntime-extensions Python op (once).
-
-    The op computes with ``ops.scan.selective_scan_cpu``. Returns the Python function; its ``.calls``
-    counts invocations, so tests can tell it ran instead of the function body.
-    """
-    global _EXT_OP
-    if _EXT_OP is not None:
-        return _EXT_OP
-    try:
-        from onnxruntime_extensions import PyCustomOpDef, onnx_op
-    except ImportError:
-        raise UserError("onnxruntime-extensions is not installed (pip install onnxruntime-extensions); "
-                        "without it the plugin node runs through its ONNX function body") from None
-    import torch
-
-    from ..export.scan_graph import OP_TYPE
-    from ..ops.scan import selective_scan_cpu
-
-    def selective_scan(u, delta, A, B, C, D, delta_bias, **attrs):
-        selective_scan.calls += 1
-        t = [torch.from_numpy(np.ascontiguousarray(x)) for x in (u, delta, A, B, C, D, delta_bias)]
-        with torch.inference_mode():
-            y = selective_scan_cpu(*t[:5], t[5], None, t[6], bool(attrs.get("delta_softplus", 1)))
-        return y.numpy()
-
-    selective_scan.calls = 0
-    # onnxruntime-extensions registers Python ops in its domain, ai.onnx.contrib: the plugin node's
-    onnx_op(op_type=OP_TYPE, inputs=[PyCustomOpDef.dt_float] * 7, outputs=[PyCustomOpDef.dt_float],
-            attrs={"delta_softplus": PyCustomOpDef.dt_int64})(selective_scan)
-    _EXT_OP = selective_scan
-    return _EXT_OP
+def register_selective_scan_op(kernel: str | None = None):
+    """The process's ``ai.onnx.contrib::SelectiveScan`` op (see ``scan_op.register``)."""
+    return scan_op.register(kernel)
 
 
 def resolve_onnx(path) -> dict[str, Path]:
@@ -141,6 +109,9 @@ def _options(threads: int | None, quiet: bool = False, extensions: bool = False)
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
+    if extensions:
+        # While the scan op computes on Numba's threads, ORT's idle workers must not spin on the same cores.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if quiet:
         so.log_severity_level = 3
@@ -154,12 +125,13 @@ class OnnxRunner(Runner):
     """Runner over ONNX Runtime.
 
     providers: ORT execution providers in order of preference (default: CUDA when this ORT build
-    has it, else CPU); threads: intra-op threads (default ORT's choice); extensions: run plugin
-    nodes with the onnxruntime-extensions Python op.
+    has it, else CPU); threads: intra-op threads, also the scan op's (default: ORT's choice, the
+    scan op then uses every core); extensions: run plugin nodes with the compiled SelectiveScan op
+    (None: whenever the graph has them and the op is available; True: required; False: never).
     """
 
     def __init__(self, onnx_path, checkpoint=None, providers=None, threads: int | None = None,
-                 extensions: bool = False):
+                 extensions: bool | None = None):
         import onnxruntime as ort
 
         self.files = resolve_onnx(onnx_path)
@@ -172,6 +144,8 @@ class OnnxRunner(Runner):
             self.precision, self.precision_source = self.metadata["precision"].lower(), "ONNX metadata"
         else:
             self.precision, self.precision_source = graph_precision(graphs.values())
+        from ..export.scan_graph import OP_TYPE
+        has_scan_nodes = any(n.op_type == OP_TYPE for g in graphs.values() for n in g.graph.node)
         del graphs
         if self.metadata.get("threshold") is not None:
             self.threshold = float(self.metadata["threshold"])
@@ -180,8 +154,10 @@ class OnnxRunner(Runner):
         self.scan_form = self.metadata.get("scan_form", "?")
         if checkpoint is not None:
             self._check_checkpoint(checkpoint)
-        if extensions:
-            register_selective_scan_op()
+        if extensions is None:
+            extensions = has_scan_nodes and scan_op.available_kernel() is not None
+        self.scan_kernel = register_selective_scan_op().kernel if extensions else None
+        self.threads = threads
         available = ort.get_available_providers()
         wanted = providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]   # by availability
         self.providers = [p for p in wanted if p in available]
@@ -189,7 +165,8 @@ class OnnxRunner(Runner):
             raise UserError(f"none of the providers {providers} is available (have {', '.join(available)})")
         so = _options(threads, quiet=True, extensions=extensions)
         self.sessions = {k: ort.InferenceSession(str(p), so, providers=self.providers) for k, p in self.files.items()}
-        self.name = f"onnxruntime-{'split-' if self.split else ''}{self.scan_form}{'+ext' if extensions else ''}"
+        kernel = f"+{self.scan_kernel}" if self.scan_kernel else ""
+        self.name = f"onnxruntime-{'split-' if self.split else ''}{self.scan_form}{kernel}"
         self._last = None   # split streaming: (last clip, its feat2, its feat3)
         self.frames_encoded = 0
 
@@ -203,6 +180,10 @@ class OnnxRunner(Runner):
 
     def _infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:
         clips = np.ascontiguousarray(clips, dtype=np.float32)
+        with scan_op.calls_use_threads(self.threads):
+            return self._run(clips)
+
+    def _run(self, clips: np.ndarray) -> dict[str, np.ndarray]:
         if not self.split:
             out = self.sessions["whole"].run(self.output_names, {"clip": clips})
         else:
@@ -248,7 +229,13 @@ class OnnxRunner(Runner):
         self._last = None
 
     def describe(self) -> dict:
-        return {"runner": self.name, "providers": list(self.providers)}
+        import os
+        out = {"runner": self.name, "providers": list(self.providers), "threads": self.threads or os.cpu_count(),
+               "threads_source": "intra_op_num_threads" if self.threads else "ONNX Runtime's default (all cores)"}
+        if self.scan_kernel:
+            out.update(scan_kernel=self.scan_kernel, scan_threads=scan_op.launch_threads(self.threads),
+                       scan_first_call_s=scan_op.first_call_s())
+        return out
 
     def close(self) -> None:
         self.sessions.clear()

@@ -62,6 +62,7 @@ class TorchRunner(Runner):
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.contract = self.checkpoint.contract
         self.model = self.checkpoint.build_model().to(self.device).use_scan_form(scan_form)
+        self.scan_form = scan_form
         self.extras = extras
         self.dtype = dtype
         self.cuda_graph = cuda_graph
@@ -119,7 +120,15 @@ class TorchRunner(Runner):
         return {k: v.float().cpu().numpy() for k, v in self.run_device(x).items()}
 
     def describe(self) -> dict:
-        return {"runner": self.name, "device": str(self.device)}
+        out = {"runner": self.name, "device": str(self.device)}
+        if self.device.type == "cpu":
+            from ..ops import scan
+            form = self.scan_form or scan.scan_form_for(on_cuda=False, needs_grad=False)
+            out.update(threads=torch.get_num_threads(), threads_source="torch.set_num_threads (process-wide)",
+                       scan_kernel=form)
+            if form == "numba":
+                out["scan_threads"] = torch.get_num_threads()
+        return out
 
     def close(self) -> None:
         self._graphs.clear()

@@ -43,8 +43,11 @@ ONNX_FORMAT = "m2s2l-deploy/onnx"
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16", 6: "TYPE_INT32",
                    7: "TYPE_INT64", 3: "TYPE_INT8", 2: "TYPE_UINT8", 9: "TYPE_BOOL"}
 # Files of this package the Python-backend model needs, vendored under 1/m2s2l_runtime/.
-_VENDORED = ("errors.py", "contract.py", "runners/base.py", "runners/onnx_runner.py")
+_VENDORED = ("errors.py", "contract.py", "runners/base.py", "runners/onnx_runner.py", "runners/scan_op.py",
+             "export/scan_graph.py", "ops/kernels/scan_numba_forward.py")
 PYTHON_REQUIREMENTS = ("numpy", "onnx", "onnxruntime", "opencv-python-headless")
+# A plugin export's scans run as one compiled op (runners/scan_op.py) when these are installed.
+PLUGIN_REQUIREMENTS = ("numba", "onnxruntime-extensions")
 
 
 @dataclass
@@ -380,8 +383,11 @@ def _vendor_runtime(version_dir: Path) -> list[str]:
         written.append(f"m2s2l_runtime/{rel}")
     (dst / "__init__.py").write_text(f'"""m2s2l-deploy {__version__} runtime vendored for Triton\'s Python backend."""\n'
                                      f'__version__ = "{__version__}"\n')
-    (dst / "runners" / "__init__.py").write_text('"""The ONNX Runtime runner only."""\n')
-    return written + ["m2s2l_runtime/__init__.py", "m2s2l_runtime/runners/__init__.py"]
+    written.append("m2s2l_runtime/__init__.py")
+    for package in sorted({str(Path(rel).parent) for rel in _VENDORED} - {"."}):
+        (dst / package / "__init__.py").write_text('"""The parts of this package the ONNX Runtime runner needs."""\n')
+        written.append(f"m2s2l_runtime/{package}/__init__.py")
+    return written
 
 
 def package_repository(out_repo, platform: str, onnx=None, engine=None, *, name: str = MODEL_NAME,
@@ -449,9 +455,10 @@ def package_repository(out_repo, platform: str, onnx=None, engine=None, *, name:
             shutil.copyfile(Path(__file__).with_name("python_model.py"), version_dir / "model.py")
             files.append("1/model.py")
             files += [f"1/{f}" for f in _vendor_runtime(version_dir)]
-            (tmp / "requirements.txt").write_text("\n".join(PYTHON_REQUIREMENTS) + "\n")
+            requirements = PYTHON_REQUIREMENTS + (PLUGIN_REQUIREMENTS if info.has_plugin_node else ())
+            (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
             files.append("requirements.txt")
-            notes.append("the server's Python needs: pip install " + " ".join(PYTHON_REQUIREMENTS))
+            notes.append("the server's Python needs: pip install " + " ".join(requirements))
         write_config(cfg, tmp / "config.pbtxt")
         files.insert(0, "config.pbtxt")
         _move_into_place(tmp, final)
