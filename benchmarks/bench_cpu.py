@@ -81,19 +81,17 @@ def build_files(ckpt, preset: str, tmp: Path, calib: np.ndarray, forms) -> dict[
     return files
 
 
-def make_runners(ckpt, files: dict, forms, threads: int) -> dict:
-    runners = {}
-    for name in forms:
-        if name == BASELINE:
-            runners[name] = TorchRunner(ckpt)
-        elif name.startswith("PyTorch"):
-            runners[name] = TorchRunner(ckpt, scan_form="cpu")
-        else:
-            runners[name] = OnnxRunner(files[name], threads=threads, extensions=name != "ORT plugin (function body)")
-    return runners
+def make_runner(ckpt, files: dict, name: str, threads: int):
+    if name == BASELINE:
+        return TorchRunner(ckpt)
+    if name.startswith("PyTorch"):
+        return TorchRunner(ckpt, scan_form="cpu")
+    return OnnxRunner(files[name], threads=threads, extensions=name != "ORT plugin (function body)")
 
 
 def run(args) -> tuple[list[dict], str | None]:
+    """Each form timed in a pair with the baseline, as ``validate`` times a candidate: the two runners
+    alone in the process (no idle sessions of other forms), interleaved on the same batches."""
     rows, profiled = [], None
     tmp = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
     for preset in args.presets:
@@ -106,26 +104,29 @@ def run(args) -> tuple[list[dict], str | None]:
         if preset == "tiny":
             print(f"profiling ONNX Runtime (fp32 and INT8 plugin forms, batch {max(args.batches)})", flush=True)
             profiled = profile(files, contract, frames, args.threads[0], max(args.batches))
-        for threads in args.threads:
+        for threads in (args.threads if preset == "tiny" else args.threads[:1]):   # paper: minutes per row
             torch.set_num_threads(threads)
             forms = all_forms if threads == args.threads[0] else [f for f in all_forms if f in ONE_THREAD_FORMS]
-            runners = make_runners(ckpt, files, forms, threads)
+            baseline = make_runner(ckpt, files, BASELINE, threads)
             for batch in args.batches:
                 n, warm = (args.timing_batches, args.warmup) if preset == "tiny" else (
                     (args.paper_batches, 1) if batch == 1 else (max(1, args.paper_batches // 2), 1))
                 batches = timing_batches([frames], contract.clip_len, batch, n)
-                print(f"{preset}, {threads} thread(s), batch {batch}: {len(batches)} batches x {len(runners)} runners",
-                      flush=True)
+                print(f"{preset}, {threads} thread(s), batch {batch}: {len(batches)} batches, each form in a pair "
+                      "with the baseline", flush=True)
                 t0 = time.perf_counter()
-                results = time_runners(runners, batches, warmup=warm)
-                settings = timing_settings(runners, batch, warm, len(batches))
-                base = results[BASELINE]["ms_per_clip"]
-                for name, r in results.items():
-                    rows.append(dict(preset=preset, threads=threads, batch=batch, form=name,
+                for name in forms[1:]:
+                    with make_runner(ckpt, files, name, threads) as candidate:
+                        pair = {BASELINE: baseline, name: candidate}
+                        results = time_runners(pair, batches, warmup=warm)
+                        settings = describe_settings(timing_settings(pair, batch, warm, len(batches)))
+                    base, r = results[BASELINE]["ms_per_clip"], results[name]
+                    rows.append(dict(preset=preset, threads=threads, batch=batch, form=name, base_ms=base,
                                      ms_per_clip=r["ms_per_clip"], p10=r["p10_ms_per_clip"], p90=r["p90_ms_per_clip"],
                                      vs_baseline=base / r["ms_per_clip"], n_batches=r["n_batches"], warmup=warm,
-                                     settings=describe_settings(settings)))
-                    print(f"  {name:42s} {r['ms_per_clip']:9.2f} ms/clip  {base / r['ms_per_clip']:5.2f}x", flush=True)
+                                     settings=settings))
+                    print(f"  {name:42s} {r['ms_per_clip']:9.2f} ms/clip, baseline {base:8.2f}: "
+                          f"{base / r['ms_per_clip']:5.2f}x", flush=True)
                 print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     return rows, profiled
 
@@ -172,11 +173,12 @@ def profile(files: dict, contract, frames: np.ndarray, threads: int, batch: int,
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| preset | threads | batch | form | ms / clip (median) | p10–p90 | vs PyTorch (Numba scan) | timed batches |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | threads | batch | form | ms / clip (median) | p10–p90 | PyTorch (Numba scan) in the same pair, "
+             "ms / clip | speed-up over it | warm-up + timed batches |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['threads']} | {r['batch']} | {r['form']} | {r['ms_per_clip']:.2f} | "
-                     f"{r['p10']:.2f}–{r['p90']:.2f} | {r['vs_baseline']:.2f}x | {r['warmup']} + {r['n_batches']} |")
+                     f"{r['p10']:.2f}–{r['p90']:.2f} | {r['base_ms']:.2f} | {r['vs_baseline']:.2f}x | "
+                     f"{r['warmup']} + {r['n_batches']} |")
     return "\n".join(lines)
 
 
@@ -184,7 +186,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["tiny", "paper"])
     p.add_argument("--threads", nargs="+", type=int, default=[2, 1],
-                   help="thread counts (torch, ORT intra-op and the Numba scan alike); the first gets every form")
+                   help="thread counts (torch, ORT intra-op and the Numba scan alike); the first gets every form "
+                        "and is the only one for paper")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     p.add_argument("--timing-batches", type=int, default=20, help="tiny: timed batches per row")
     p.add_argument("--paper-batches", type=int, default=4, help="paper: timed batches at batch 1 (half at larger batches)")
@@ -206,13 +209,15 @@ def main(argv=None):
     if profiled:
         print(profiled)
     first = scan_op.first_call_s()
-    settings = sorted({r["settings"] for r in rows if r["preset"] == "tiny" and r["threads"] == a.threads[0]})
+    settings = sorted({r["settings"] for r in rows if r["preset"] == "tiny" and r["threads"] == a.threads[0]})[:2]
     body = (f"Measured by `python {' '.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}` on "
             f"{time.strftime('%Y-%m-%d')}; total {time.perf_counter() - t0:.0f} s.\n\nMachine: {desc}\n\n"
             f"How: clips of `{a.video.name}` (first {a.frames} frames, prepared under each model's contract), "
-            "every runner on the same batches of consecutive clips in stream order (split streaming reuses "
-            "the frames it has encoded, as on a live stream), interleaved batch by batch after untimed warm-up "
-            "calls; median ms per clip over the timed batches (`runners/timing.py`, the method `validate` uses). "
+            "each form timed in a pair with the baseline, the two alone in the process, as `validate` times a "
+            "candidate (`runners/timing.py`): the same batches of consecutive clips in stream order (split "
+            "streaming reuses the frames it has encoded, as on a live stream), interleaved batch by batch after "
+            "untimed warm-up calls, each timed call right after an untimed one of the same runner; median ms "
+            "per clip over the timed batches. "
             "The thread count of a row is PyTorch's (`torch.set_num_threads`), ONNX Runtime's "
             "(`intra_op_num_threads`) and the Numba scan's alike. Random weights for `paper`"
             f"{'' if a.checkpoint else ' and `tiny`'}; INT8 calibrated on the video's first clips. "

@@ -293,7 +293,8 @@ def compare(reference: RunRecord, candidate: RunRecord, videos: list[LabelledVid
             "relative_error": "|cand - ref| / max(|ref|, RMS of ref over the test set)",
             "maps": f"subsampled to at most {MAX_SAMPLES_PER_CLIP} values per clip",
             "latency": "ms per clip = median over the timed batches of (time inside runner.infer / clips); "
-                       "both runners on the same batches, interleaved, after untimed warm-up calls",
+                       "both runners on the same batches, interleaved, after untimed warm-up calls, each timed "
+                       "call right after an untimed one of the same runner (runners/timing.py)",
             "first_frames": "the first T-1 frames of each video take the first decidable score",
             "delta_auc_resolution": "95th percentile of the gated |ΔAUC| when the candidate's per-frame score "
                                     "differences are shuffled across frames (200 draws)",
