@@ -164,3 +164,24 @@ def test_a_launch_leaves_torch_thread_count_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(saved)
+
+
+def test_op_kernel_choice_and_its_torch_fallback(monkeypatch):
+    """Numba first; PyTorch's CPU scan when Numba is missing (same numbers); neither: no op, and asking
+    for one is a one-line error."""
+    pytest.importorskip("onnxruntime_extensions")
+    from m2s2l_deploy.errors import UserError
+    from m2s2l_deploy.runners import scan_op
+
+    real = scan_op._importable
+    assert scan_op.available_kernel() == "numba"
+    monkeypatch.setattr(scan_op, "_importable", lambda name: name != "numba" and real(name))
+    assert scan_op.available_kernel() == "torch"
+    x = _inputs(2, 8, 4, 21, groups=2, seed=9)
+    y = scan_op._torch_scan()(*(x[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")), True)
+    np.testing.assert_allclose(y, _reference(x, delta_softplus=True), rtol=1e-5, atol=2e-5)
+    monkeypatch.setattr(scan_op, "_importable", lambda name: name not in ("numba", "torch") and real(name))
+    assert scan_op.available_kernel() is None
+    monkeypatch.setattr(scan_op, "_OP", None)
+    with pytest.raises(UserError, match="needs Numba or torch"):
+        scan_op.register()
