@@ -25,7 +25,7 @@ def _parse_ccs(text: str | None) -> list[str] | None:
 
 
 def export(checkpoint: Path = typer.Option(..., help="Run folder from `train`."),
-           scan: str = typer.Option("loop", help="loop (ONNX Loop recurrence) | chunked (log-depth, bounded memory) | plugin (SelectiveScan custom node + function body)."),
+           scan: str = typer.Option("loop", help="loop (ONNX Loop recurrence: portable, the default) | chunked (log-depth, bounded memory) | plugin (SelectiveScan custom node + function body: the CPU pick, ONNX Runtime runs each scan as one compiled Numba op when numba and onnxruntime-extensions are installed; TensorRT takes it with the plugin)."),
            output: Optional[Path] = typer.Option(None, help="Output file (default export/m2s2l-PRESET-SCAN.onnx); with --split NAME.encoder.onnx + NAME.head.onnx."),
            opset: int = typer.Option(17, help="ONNX opset (>= 17)."),
            batch: str = typer.Option("dynamic", help="dynamic, or a fixed batch size N."),
