@@ -56,20 +56,33 @@ def _speed_cell(r: dict) -> str:
     """PyTorch → candidate ms/clip of one report: each report timed its own pair, so each has its own PyTorch."""
     if r.get("timing") is None or r.get("speedup") is None:
         return "not timed"
-    return f"{r['reference']['ms_per_clip']:.1f} → {r['candidate']['ms_per_clip']:.1f} ({r['speedup']:.2f}x)"
+    return f"{r['reference']['ms_per_clip']:.1f}→{r['candidate']['ms_per_clip']:.1f} {r['speedup']:.2f}x"
+
+
+def _timing_caption(reports: dict) -> str | None:
+    """How speed was timed, once for every row (the rows differ only in batch size, shown per row)."""
+    timed = [r for r in reports.values() if r.get("timing")]
+    if not timed:
+        return None
+    line = describe_settings(timed[0]["timing"]["settings"])
+    batches = sorted({r["timing"]["settings"]["batch"] for r in timed})
+    if len(batches) > 1:
+        line = line.replace(f"batches of {timed[0]['timing']['settings']['batch']} clips", "batches of the row's size")
+    runners = sorted({r["candidate"]["runner"] for r in reports.values()})
+    return f"candidate: {', '.join(runners)}; ms/clip: {line}"
 
 
 def validate_table(reports: dict) -> Table:
     """The demo's candidates side by side against the PyTorch reference; how speed was timed below."""
-    settings = dict.fromkeys(describe_settings(r["timing"]["settings"]) for r in reports.values() if r.get("timing"))
-    t = Table(title="validate vs PyTorch (CPU, micro AUC paper protocol)",
-              caption=escape("ms/clip: " + " | ".join(settings)) if settings else None)
-    for col in ("form", "AUC", "ΔAUC", "corr", "p99 err", "ms/clip torch → cand (×)", "gate"):
-        t.add_column(col, no_wrap=not col.startswith("ms/clip"))   # the widest cell wraps on a narrow terminal
+    caption = _timing_caption(reports)
+    t = Table(title="validate vs PyTorch (CPU, micro AUC paper protocol)", caption=escape(caption) if caption else None,
+              padding=(0, 1), collapse_padding=True)   # fits 80 columns (logs, CI)
+    for col in ("ONNX Runtime", "AUC", "ΔAUC", "corr", "p99 err", "ms/clip torch→ORT", "gate"):
+        t.add_column(col, no_wrap=True)
     r0 = next(iter(reports.values()))["reference"]
-    t.add_row("torch fp32", fmt(r0["auc_micro"]), "ref", "", "", "", "")
+    t.add_row("(PyTorch fp32)", fmt(r0["auc_micro"]), "ref", "", "", "", "")
     for name, r in reports.items():
-        t.add_row(f"{r['candidate']['runner']} {name}", fmt(r["candidate"]["auc_micro"]), f"{r['delta_auc']['auc_micro']:+.4f}",
+        t.add_row(name, fmt(r["candidate"]["auc_micro"]), f"{r['delta_auc']['auc_micro']:+.4f}",
                   fmt(min(r["correlation"]["pearson"], r["correlation"]["spearman"])),
                   f"{r['output_error']['frame_score']['p99_rel']:.2g}", _speed_cell(r),
                   "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]")
