@@ -139,21 +139,20 @@ def profile(files: dict, contract, frames: np.ndarray, threads: int, batch: int,
     import json
 
     import onnxruntime as ort
-    from onnxruntime_extensions import get_library_path
+
+    from m2s2l_deploy.runners.onnx_runner import session_options
 
     clips = np.stack([frames[i:i + contract.clip_len] for i in range(batch)])
     lines = [f"| op type | {' | '.join(f'{n}: ms / call (share)' for n in ('fp32', 'INT8'))} |", "|---|---|---|"]
     per_form = {}
     for name in ("ORT plugin + Numba op", "ORT INT8 Q/DQ (plugin + Numba op)"):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.register_custom_ops_library(get_library_path())
+        so = session_options(threads, quiet=True, extensions=True)       # the runner's own settings
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
         sess = ort.InferenceSession(str(files[name]), so, providers=["CPUExecutionProvider"])
-        for _ in range(2 + calls):
-            sess.run(None, {"clip": clips})
+        with scan_op.calls_use_threads(threads):
+            for _ in range(2 + calls):
+                sess.run(None, {"clip": clips})
         events = json.loads(Path(sess.end_profiling()).read_text())
         runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
         after_warmup = runs[2]                           # node events of the last ``calls`` runs only

@@ -25,7 +25,7 @@ from m2s2l_deploy.model import M2S2L, OUTPUT_NAMES, preset_config  # noqa: E402
 from m2s2l_deploy.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from m2s2l_deploy.export.exporter import export_onnx, split_paths  # noqa: E402
 from m2s2l_deploy.runners import OnnxRunner, TorchRunner  # noqa: E402
-from m2s2l_deploy.runners.onnx_runner import extensions_available, register_selective_scan_op  # noqa: E402
+from m2s2l_deploy.runners.scan_op import extensions_available, register  # noqa: E402
 from m2s2l_deploy.ops.scan import selective_scan_ref  # noqa: E402
 from cli_helpers import assert_user_error, run_cli  # noqa: E402
 
@@ -133,7 +133,7 @@ def test_plugin_function_body_and_extensions_op_agree():
     assert attrs == {"plugin_namespace": b"m2s2l", "plugin_version": b"1", "delta_softplus": 1}
     assert [(f.domain, f.name) for f in model.functions] == [("ai.onnx.contrib", "SelectiveScan")]
     plain = session(model).run(None, x)[0]
-    op = register_selective_scan_op()
+    op = register()
     before = op.calls
     with_ext = session(model, extensions=True).run(None, x)[0]
     assert op.calls == before + 1, "the onnxruntime-extensions op did not run"

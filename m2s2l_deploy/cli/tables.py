@@ -64,10 +64,8 @@ def _timing_caption(reports: dict) -> str | None:
     timed = [r for r in reports.values() if r.get("timing")]
     if not timed:
         return None
-    line = describe_settings(timed[0]["timing"]["settings"])
-    batches = sorted({r["timing"]["settings"]["batch"] for r in timed})
-    if len(batches) > 1:
-        line = line.replace(f"batches of {timed[0]['timing']['settings']['batch']} clips", "batches of the row's size")
+    per_row = len({r["timing"]["settings"]["batch"] for r in timed}) > 1
+    line = describe_settings(timed[0]["timing"]["settings"], "the row's size" if per_row else None)
     runners = sorted({r["candidate"]["runner"] for r in reports.values()})
     return f"candidate: {', '.join(runners)}; ms/clip: {line}"
 

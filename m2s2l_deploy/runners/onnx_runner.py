@@ -19,6 +19,7 @@ CPU form; loop exports are unaffected.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +28,6 @@ from ..contract import InputContract
 from ..errors import UserError
 from . import scan_op
 from .base import Runner
-
-
-def extensions_available() -> bool:
-    return scan_op.extensions_available()
-
-
-def register_selective_scan_op(kernel: str | None = None):
-    """The process's ``ai.onnx.contrib::SelectiveScan`` op (see ``scan_op.register``)."""
-    return scan_op.register(kernel)
 
 
 def resolve_onnx(path) -> dict[str, Path]:
@@ -103,7 +95,8 @@ def graph_precision(models) -> tuple[str, str]:
     return found, "ONNX graph (" + ("float16 tensors" if found == "fp16" else "no reduced-precision tensors") + ")"
 
 
-def _options(threads: int | None, quiet: bool = False, extensions: bool = False):
+def session_options(threads: int | None, quiet: bool = False, extensions: bool = False):
+    """ORT session options of this runner (also used by benchmarks/ to profile what the runner runs)."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     if threads:
@@ -156,14 +149,14 @@ class OnnxRunner(Runner):
             self._check_checkpoint(checkpoint)
         if extensions is None:
             extensions = has_scan_nodes and scan_op.available_kernel() is not None
-        self.scan_kernel = register_selective_scan_op().kernel if extensions else None
+        self.scan_kernel = scan_op.register().kernel if extensions else None
         self.threads = threads
         available = ort.get_available_providers()
         wanted = providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]   # by availability
         self.providers = [p for p in wanted if p in available]
         if not self.providers:
             raise UserError(f"none of the providers {providers} is available (have {', '.join(available)})")
-        so = _options(threads, quiet=True, extensions=extensions)
+        so = session_options(threads, quiet=True, extensions=extensions)
         self.sessions = {k: ort.InferenceSession(str(p), so, providers=self.providers) for k, p in self.files.items()}
         kernel = f"+{self.scan_kernel}" if self.scan_kernel else ""
         self.name = f"onnxruntime-{'split-' if self.split else ''}{self.scan_form}{kernel}"
@@ -229,7 +222,6 @@ class OnnxRunner(Runner):
         self._last = None
 
     def describe(self) -> dict:
-        import os
         out = {"runner": self.name, "providers": list(self.providers), "threads": self.threads or os.cpu_count(),
                "threads_source": "intra_op_num_threads" if self.threads else "ONNX Runtime's default (all cores)"}
         if self.scan_kernel:

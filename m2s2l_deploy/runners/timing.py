@@ -126,8 +126,9 @@ def timing_settings(runners: dict, batch: int, warmup: int, n_batches: int) -> d
     return settings
 
 
-def describe_settings(settings: dict) -> str:
-    """``timing_settings`` in one line, e.g. for a table's caption."""
+def describe_settings(settings: dict, batch: str | None = None) -> str:
+    """``timing_settings`` in one line, e.g. for a table's caption; ``batch`` replaces the batch size
+    in the text (a table whose rows were timed at different batch sizes)."""
     parts = []
     for name, t in settings["threads"].items():
         if "threads" in t or "scan_threads" in t:
@@ -136,5 +137,6 @@ def describe_settings(settings: dict) -> str:
     if "torch_threads" in settings:
         parts.append(f"torch {settings['torch_threads']}")
     rewarm = ", each timed call right after an untimed one of the same runner" if settings.get("rewarm") else ""
-    return (f"median of {settings['n_batches']} interleaved batches of {settings['batch']} clips after "
+    batch = batch or f"{settings['batch']} clips"
+    return (f"median of {settings['n_batches']} interleaved batches of {batch} after "
             f"{settings['warmup']} warm-ups{rewarm}; threads: {', '.join(parts) or 'not reported'}")
