@@ -287,6 +287,24 @@ def test_watch_cli_bad_sources_one_line_each(trained_run, tmp_path):
     assert len(errors) == 2 and "camera:97" in errors[1] + errors[0] and "127.0.0.1" in errors[0] + errors[1]
 
 
+def test_live_reader_stops_on_a_live_stream_that_keeps_sending(jpeg_parts):
+    """stop() ends the reader thread of a live source that never pauses (a live source never waits for
+    queue room, so it must look at stop itself): a reader still running when Python exits aborts it."""
+    from m2s2l_deploy.data.live import LiveReader
+    server = LiveServer(jpeg_parts[0][:20], fps=100).start()
+    reader = LiveReader(parse_source(server.url), 10.0, queue_frames=4, stall_timeout_s=2.0).start()
+    try:
+        wait_for(lambda: reader.frames_in >= 10, 20, "frames from the live source")
+        reader.stop()
+        reader.join(5.0)
+        assert not reader._thread.is_alive()
+        assert reader.state == "stopped"
+        assert reader.get() is None
+    finally:
+        reader.stop()
+        server.stop()
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -256,6 +256,8 @@ class LiveReader:
 
     def _put(self, frame: LiveFrame) -> bool:
         with self._cond:
+            if self._stop.is_set():
+                return False
             self.frames_in += 1
             if self.source.live:
                 if self._queued_frames >= self.queue_frames:      # behind: drop what waits, start fresh

@@ -121,7 +121,12 @@ class SourceWatch:
         self.reader.stop()
 
     def join(self, timeout: float) -> None:
+        """Wait for the scorer, then the reader. The reader must be gone before the interpreter exits: a
+        daemon thread inside OpenCV (decoding or resizing with the GIL released) when Python finalizes
+        is torn down from a C++ destructor and aborts the process ("terminate called...")."""
+        deadline = time.monotonic() + timeout
         self._thread.join(timeout)
+        self.reader.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def finished(self) -> bool:
@@ -310,7 +315,7 @@ class Watch:
         for s in self.sources:
             s.stop()
         for s in self.sources:
-            s.join(timeout=30.0)
+            s.join(timeout=30.0 + self.opts.stall_timeout_s)
         for s in self.sources:
             if s.bug is not None:
                 raise s.bug
