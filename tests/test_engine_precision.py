@@ -131,6 +131,16 @@ def test_int8_qdq_is_per_channel_symmetric_outside_the_scans(exports, clips, for
     for n in g.node:
         if n.name in heads:
             assert not (set(n.input) & qdq_out), n.name
+    # the temporal encoders' projections stay fp32 (found from the graph: their module path)
+    temporal = {n.name for n in src.graph.node if n.op_type in ("MatMul", "Conv", "Gemm")
+                and any(part.startswith("temporal") for part in n.name.split("/"))}
+    assert temporal and set(info["fp32_temporal_layers"]) | set(info["fp32_input_layers"]) >= temporal
+    assert set(info["fp32_temporal_layers"]) <= temporal
+    for n in g.node:
+        if n.name in temporal:
+            assert not (set(n.input) & qdq_out), n.name
+    spatial = [n for n in g.node if n.name.startswith("/spatial/stages") and n.op_type == "MatMul"]
+    assert spatial and all(set(n.input) & qdq_out for n in spatial)   # the spatial stages are INT8
     for n in g.node:
         if is_scan_node(n):
             assert not (set(n.input) & qdq_out), n.name        # no Q/DQ feeds a scan node directly

@@ -85,3 +85,38 @@ def test_score_stride_defaults_to_half_the_window_for_older_checkpoints():
     assert cfg.score_stride == 0
     err = torch.rand(1, 1, 24, 24)
     assert scoring.worst_patch(err, 12, cfg.score_stride) == scoring.worst_patch(err, 12, 6)
+
+
+def test_whole_frame_components_against_numpy():
+    """With score_whole_frame (the presets) each component is the mean (dB) of its worst patch and its
+    whole-frame average; configs saved before it keep the worst patch alone."""
+    from m2s2l_deploy.model.config import ModelConfig, preset_config
+
+    rng = np.random.default_rng(3)
+    target = rng.uniform(-1, 1, (2, 1, 20, 24)).astype(np.float32)
+    pred = (target + rng.normal(0, 0.05, target.shape)).astype(np.float32)
+    pred[1, 0, 4:12, 6:14] = 0.9                          # an object the prediction missed
+    motion = rng.normal(0, 0.1, target.shape).astype(np.float32)
+    pred_motion = (motion + rng.normal(0, 0.02, target.shape)).astype(np.float32)
+    t = {k: torch.from_numpy(v) for k, v in dict(p=pred, t=target, pm=pred_motion, m=motion).items()}
+    got, *_ = scoring.components(t["p"], t["t"], t["pm"], t["m"], 6, 2, whole_frame_too=True)
+    worst_only, *_ = scoring.components(t["p"], t["t"], t["pm"], t["m"], 6, 2)
+
+    q = scoring.ssim_dissimilarity(t["p"], t["t"]).numpy()   # checked against SciPy above
+
+    def worst(m):                                         # every 6x6 patch at stride 2, in NumPy
+        h, w = m.shape
+        return max(m[i:i + 6, j:j + 6].mean() for i in range(0, h - 5, 2) for j in range(0, w - 5, 2))
+
+    for b in range(2):
+        e_app = ((pred[b] - target[b]) ** 2).mean(0)
+        e_mot = ((pred_motion[b] - motion[b]) ** 2).mean(0)
+        err_db = lambda x: 10 * np.log10((x + 1e-8) / 4.0)              # -PSNR, peak-to-peak 2
+        q_db = lambda x: -10 * np.log10(1 - x)
+        want_worst = [err_db(worst(e_app)), err_db(worst(e_mot)), q_db(worst(q[b, 0]))]
+        want_frame = [err_db(e_app.mean()), err_db(e_mot.mean()), q_db(q[b, 0].mean())]
+        np.testing.assert_allclose(worst_only[b].numpy(), want_worst, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got[b].numpy(), (np.array(want_worst) + want_frame) / 2, rtol=1e-4, atol=1e-4)
+    assert preset_config("tiny").score_whole_frame and preset_config("paper").score_whole_frame
+    old = {k: v for k, v in preset_config("tiny").to_dict().items() if k != "score_whole_frame"}
+    assert ModelConfig.from_dict(old).score_whole_frame is False

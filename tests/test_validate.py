@@ -317,3 +317,24 @@ def test_validate_usage_errors(trained_run, fp32_onnx, subset, test_set, tmp_pat
         run_validate(trained_run, onnx=fp32_onnx, data=subset, batch=64, **QUIET)
     with pytest.raises(ValueError, match="reference_runner"):    # a recorded reference alone cannot be timed
         run_validate(trained_run, onnx=fp32_onnx, data=None, test_set=test_set, reference=object(), **QUIET)
+
+
+def test_validate_table_renders_an_undefined_correlation_as_n_a():
+    """A candidate whose scores are constant has no correlation (validate stores None and fails the
+    gate); the demo's table shows n/a and FAIL instead of raising."""
+    from rich.console import Console
+
+    from m2s2l_deploy.cli.tables import validate_table
+
+    def report(corr, passed):
+        return {"reference": {"auc_micro": 0.9}, "candidate": {"auc_micro": 0.5, "runner": "onnxruntime"},
+                "delta_auc": {"auc_micro": -0.4}, "correlation": corr, "passed": passed,
+                "output_error": {"frame_score": {"p99_rel": 1.0}}}
+    reports = {"fp32": report({"pearson": 0.99995, "spearman": 0.9999}, True),
+               "broken": report({"pearson": None, "spearman": None}, False)}
+    console = Console(width=80, record=True, color_system=None)
+    console.print(validate_table(reports))
+    text = console.export_text()
+    broken = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("broken"))
+    assert "n/a" in broken and "FAIL" in broken and "not timed" in broken
+    assert "0.9999" in next(line for line in text.splitlines() if line.lstrip("│ ").startswith("fp32"))

@@ -81,10 +81,16 @@ def validate_table(reports: dict) -> Table:
     t.add_row("(PyTorch fp32)", fmt(r0["auc_micro"]), "ref", "", "", "", "")
     for name, r in reports.items():
         t.add_row(name, fmt(r["candidate"]["auc_micro"]), f"{r['delta_auc']['auc_micro']:+.4f}",
-                  fmt(min(r["correlation"]["pearson"], r["correlation"]["spearman"])),
+                  fmt(_min_correlation(r["correlation"])),
                   f"{r['output_error']['frame_score']['p99_rel']:.2g}", _speed_cell(r),
                   "[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]")
     return t
+
+
+def _min_correlation(c: dict) -> float | None:
+    """The lower of Pearson and Spearman; None where validate found them undefined (a constant or
+    non-finite score: the gate fails and the table says n/a instead of raising)."""
+    return None if c["pearson"] is None else min(c["pearson"], c["spearman"])
 
 
 def _settings_table(s: dict) -> Table:

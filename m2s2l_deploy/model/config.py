@@ -27,6 +27,8 @@ class ModelConfig:
     skip1_dim: int = 0                    # narrow granularity-1 skip of the target frame into the appearance head
     score_window: int = 8                 # pixels per side of the patches the frame score takes its worst from
     score_stride: int = 0                 # pixels between those patches; 0 = half the window (checkpoints before it)
+    score_whole_frame: bool = False       # each score component averages (dB) its worst patch and the whole frame
+                                          # (False: worst patch only, checkpoints before it)
     predict: bool = False                 # encode the history only, so the heads predict a target they never see
                                           # (False: checkpoints before it, which also encode the target)
     speed_classes: int = 0                # speed head: each granularity-2 token classifies the history's frame
@@ -62,12 +64,12 @@ class ModelConfig:
 PRESETS: dict[str, dict] = {
     # Trains in minutes on a 2-core CPU; used by tests and the demo.
     # 96x128 keeps the 4:3 of common cameras; below that, figures of 14 px at 120x160 lose their shape.
-    "tiny": dict(predict=True, speed_classes=3, height=96, width=128, dims=(16, 32, 64), depths=(1, 1, 1), d_state=8, expand=1, skip_dim=8,
+    "tiny": dict(predict=True, speed_classes=3, score_whole_frame=True, height=96, width=128, dims=(16, 32, 64), depths=(1, 1, 1), d_state=8, expand=1, skip_dim=8,
                  skip1_dim=4, score_window=10, score_stride=2),
-    "small": dict(predict=True, speed_classes=3, height=128, width=128, dims=(32, 64, 128), depths=(1, 2, 2), d_state=16, skip_dim=16,
+    "small": dict(predict=True, speed_classes=3, score_whole_frame=True, height=128, width=128, dims=(32, 64, 128), depths=(1, 2, 2), d_state=16, skip_dim=16,
                   skip1_dim=8, score_window=16, mlp_ratio=2.0),
     # The paper's operating point: 256x256 input, about 20 GFLOPs per clip.
-    "paper": dict(predict=True, speed_classes=3, height=256, width=256, dims=(48, 96, 192), depths=(2, 2, 4), d_state=16, skip_dim=24,
+    "paper": dict(predict=True, speed_classes=3, score_whole_frame=True, height=256, width=256, dims=(48, 96, 192), depths=(2, 2, 4), d_state=16, skip_dim=24,
                   skip1_dim=12, score_window=32, mlp_ratio=2.0),
 }
 

@@ -19,7 +19,7 @@ future-frame prediction does; checkpoints written before it encode the target to
    history's frame stride (1..K), trained on normal clips played at strides 1..K; its odds of
    "faster than real time" at the worst token join the score, for objects that look normal and
    move too fast.
-6. Quality-aware score (``scoring``): worst-patch PSNR of both heads plus an SSIM quality term
+6. Quality-aware score (``scoring``): worst-patch (and whole-frame) PSNR of both heads plus an SSIM quality term
    (and the speed head's odds), standardised by normal-footage statistics held in buffers (set by calibration after training).
 """
 
@@ -156,7 +156,8 @@ class M2S2L(nn.Module):
         target = clip[:, -1]
         motion = target - clip[:, -2]
         comps, e_app, e_mot = scoring.components(pred_frame, target, pred_motion, motion,
-                                                  self.cfg.score_window, self.cfg.score_stride)
+                                                  self.cfg.score_window, self.cfg.score_stride,
+                                                  self.cfg.score_whole_frame)
         if "speed_logits" in streams:
             comps = torch.cat([comps, scoring.irregularity(streams["speed_logits"])[:, None]], dim=1)
         return {
