@@ -42,6 +42,18 @@ def cli(*args, log: Path, ok=(0,), threads: int | None = None) -> int:
     return proc.returncode
 
 
+def training_budget_args(ap, minutes: float) -> None:
+    """--seeds / --minutes / --steps: the training jobs of a benchmark that trains as a user does."""
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--minutes", type=float, default=minutes, help=f"training budget of each job (default {minutes:g})")
+    ap.add_argument("--steps", type=int, help="train a fixed number of steps instead (smoke runs)")
+
+
+def training_budget(args) -> list[str]:
+    """The train command's budget flags from ``training_budget_args``' options."""
+    return ["--steps", str(args.steps)] if args.steps else ["--minutes", f"{args.minutes:g}"]
+
+
 def machine(*modules: str) -> str:
     """CPU, cores, RAM, load at start, Python and the versions of ``modules`` (e.g. "torch")."""
     mem = ""

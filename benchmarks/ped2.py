@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import cli, first_machine, publish  # noqa: E402
+from _common import cli, first_machine, publish, training_budget, training_budget_args  # noqa: E402
 
 
 TITLE = "## UCSD Ped2: measured by benchmarks/ped2.py"
@@ -172,9 +172,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="UCSD Ped2 root (either layout of docs/data.md)")
     ap.add_argument("--out", type=Path, default=Path("runs/ped2"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--minutes", type=float, default=15.0, help="training budget of each job (default 15)")
-    ap.add_argument("--steps", type=int, help="train a fixed number of steps instead (smoke runs)")
+    training_budget_args(ap, minutes=15.0)
     ap.add_argument("--skip-deploy", action="store_true")
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     a = ap.parse_args()
@@ -183,7 +181,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "commands.log"
     started = first_machine(a.out, "torch", "onnxruntime")
-    budget = ["--steps", str(a.steps)] if a.steps else ["--minutes", f"{a.minutes:g}"]
+    budget = training_budget(a)
     t0 = time.time()
     seeds = [train_and_evaluate(a.data, a.out, s, budget, log) for s in a.seeds]
     result = {"date": started["date"], "machine": started["machine"],

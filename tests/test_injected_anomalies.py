@@ -1,0 +1,59 @@
+"""The real-footage benchmark's injected events: labels agree with what was drawn into the frames."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "injected_anomalies.py"
+
+
+@pytest.fixture(scope="module")
+def injected():
+    spec = importlib.util.spec_from_file_location("injected_anomalies", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def footage():
+    """Noise frames whose pixel (0, 0) counts frames, so a frame's source index can be read back."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, size=(120, 72, 96, 3), dtype=np.uint8)
+    frames[:, 0, 0, 0] = np.arange(len(frames))
+    return frames
+
+
+def test_speedup_labels_the_frames_that_skip_source_frames(injected, footage):
+    video, labels = injected.inject("speedup", footage[:injected.TEST_SOURCE["speedup"]], np.random.default_rng(0))
+    index = video[:, 0, 0, 0].astype(int)
+    step = np.diff(index, prepend=index[0] - 1)
+    np.testing.assert_array_equal(labels, (step > 1).astype(np.uint8))   # skipped source frames <=> labelled
+    assert labels.sum() == injected.EVENT_LEN and set(step[step > 1]) == {injected.SPEEDUP}
+
+
+@pytest.mark.parametrize("kind", ["static_object", "fast_object", "large_object"])
+def test_object_events_are_labelled_where_the_object_is_drawn(injected, footage, kind):
+    src = footage[:70]
+    video, labels = injected.inject(kind, src, np.random.default_rng(0))
+    assert video.shape == src.shape and not np.shares_memory(video, src)
+    changed = (video != src).any(axis=-1).reshape(len(src), -1).sum(axis=1)   # pixels drawn per frame
+    assert changed[:injected.EVENT_START].sum() == 0                            # nothing before the event
+    assert labels.sum() > 0 and (changed[labels == 1] > 0).all()
+    # a frame is labelled once a fifth of the object's largest drawn area is in view (noise makes a
+    # drawn pixel equal to the source pixel with odds 1/256^3, so changed pixels measure the area)
+    np.testing.assert_array_equal(labels, (changed >= 0.2 * changed.max()).astype(np.uint8))
+
+
+def test_dataset_layout_is_read_by_the_toolkit(injected, tmp_path):
+    from m2s2l_deploy.data import open_dataset
+    rng = np.random.default_rng(2)
+    n = sum(injected.TEST_SOURCE.values()) + 160
+    summary = injected.build_dataset(rng.integers(0, 256, (n, 48, 64, 3), dtype=np.uint8), tmp_path, 10.0)
+    ds = open_dataset(tmp_path)
+    assert [e["event"] for e in summary["testing"]] == list(injected.TEST_SOURCE)
+    assert len(ds.test) == 4 and sum(len(v.load()) for v in ds.train) == 160
+    for v, e in zip(ds.test, summary["testing"]):
+        assert len(v.labels) == e["frames"] and int(v.labels.sum()) == e["anomalous"]
