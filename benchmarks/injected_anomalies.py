@@ -41,6 +41,7 @@ TITLE = "## Real footage with injected anomalies: measured by benchmarks/injecte
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "vtest.avi"
 EVENT_START, EVENT_LEN = 20, 20          # output frames before the event / frames of the sped-up part
 SPEEDUP = 3
+PARTS = ("appearance-only", "motion-only", "speed-only")   # evaluate's ablation, micro AUC
 # source frames each test video consumes, in order, from the footage's unseen tail
 TEST_SOURCE = {"speedup": EVENT_START * 2 + EVENT_LEN * SPEEDUP, "static_object": 70, "fast_object": 70,
                "large_object": 70}
@@ -178,13 +179,15 @@ def render(result: dict) -> str:
              "one injected event per video. Training: `" + result["train_command"] + "`, one job at a time; "
              "`evaluate` with defaults (unsmoothed frame-level AUC, paper protocol). Reported, never used for a choice.",
              "", "| training seed | steps | job minutes | micro AUC | macro | causal micro | "
-             + " | ".join(f"{e['video']} {e['event']}" for e in events) + " | frame difference |",
-             "| --- | --- | --- | --- | --- | --- |" + " --- |" * (len(events) + 1)]
+             + " | ".join(f"{e['video']} {e['event']}" for e in events) + " | " + " | ".join(PARTS)
+             + " | frame difference |",
+             "| --- | --- | --- | --- | --- | --- |" + " --- |" * (len(events) + len(PARTS) + 1)]
     for s in seeds:
         pv = " | ".join("–" if s["per_video"].get(e["video"]) is None else f"{s['per_video'][e['video']]:.2f}"
                         for e in events)
+        parts = " | ".join("–" if k not in s["ablation"] else f"{s['ablation'][k]:.3f}" for k in PARTS)
         lines.append(f"| {s['seed']} | {s['steps']} | {(s['job_seconds'] or 0) / 60:.1f} | {s['auc_micro']:.3f} "
-                     f"| {s['auc_macro']:.3f} | {s['auc_micro_causal']:.3f} | {pv} | {s['baseline_auc_micro']:.3f} |")
+                     f"| {s['auc_macro']:.3f} | {s['auc_micro_causal']:.3f} | {pv} | {parts} | {s['baseline_auc_micro']:.3f} |")
     lines += ["", f"Mean micro AUC over training seeds: **{micro.mean():.3f}** (worst {micro.min():.3f}); the frame "
               f"difference scores {seeds[0]['baseline_auc_micro']:.3f} on the same frames. Test videos: "
               + "; ".join(f"{e['video']} {e['event']} ({e['frames']} frames, {e['anomalous']} anomalous)" for e in events)
