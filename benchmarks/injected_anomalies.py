@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,6 +37,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from _common import first_machine, publish, training_budget, training_budget_args  # noqa: E402
 from ped2 import train_and_evaluate  # noqa: E402
 
+from m2s2l_deploy.data.video import read_video  # noqa: E402
+from m2s2l_deploy.errors import UserError  # noqa: E402
 from m2s2l_deploy.files import atomic_write_json  # noqa: E402
 
 TITLE = "## Real footage with injected anomalies: measured by benchmarks/injected_anomalies.py"
@@ -47,19 +51,9 @@ TEST_SOURCE = {"speedup": EVENT_START * 2 + EVENT_LEN * SPEEDUP, "static_object"
                "large_object": 70}
 
 
-def read_video(path: Path, scale: float = 0.5) -> np.ndarray:
-    """Every frame of ``path`` as (N, H, W, 3) uint8 BGR at ``scale`` of its size."""
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
-    cap.release()
-    if not frames:
-        sys.exit(f"cannot decode any frame of {path}")
-    return np.stack(frames)
+def half_size(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) frames at half their size: the working size the objects are drawn at."""
+    return np.stack([cv2.resize(f, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA) for f in frames])
 
 
 def _crate(h: int, w: int) -> np.ndarray:
@@ -166,7 +160,8 @@ def build_dataset(frames: np.ndarray, out: Path, fps: float, seed: int = 0) -> d
 def _write_frames(folder: Path, frames: np.ndarray) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for j, f in enumerate(frames):
-        cv2.imwrite(str(folder / f"{j:04d}.png"), f)
+        if not cv2.imwrite(str(folder / f"{j:04d}.png"), f):
+            sys.exit(f"cannot write {folder / f'{j:04d}.png'}")
 
 
 def render(result: dict) -> str:
@@ -202,18 +197,20 @@ def main() -> None:
     training_budget_args(ap, minutes=15.0)
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     a = ap.parse_args()
-    if not a.video.is_file():
-        sys.exit(f"{a.video} is not a file")
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "commands.log"
     started = first_machine(a.out, "torch")
     data = a.out / "data"
-    if not (data / "injected.json").exists():
-        cap = cv2.VideoCapture(str(a.video))
-        fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
-        cap.release()
-        frames = read_video(a.video)
-        build_dataset(frames, data, fps)
+    if not (data / "injected.json").exists():   # built whole into a temporary folder, then renamed
+        try:
+            frames, fps = read_video(a.video)
+        except UserError as e:
+            sys.exit(str(e))
+        tmp = a.out / ".data.tmp"
+        for stale in (tmp, data):
+            shutil.rmtree(stale, ignore_errors=True)
+        build_dataset(half_size(frames), tmp, fps or 10.0)
+        os.replace(tmp, data)
     summary = json.loads((data / "injected.json").read_text())
     budget = training_budget(a)
     seeds = [train_and_evaluate(data, a.out, s, budget, log) for s in a.seeds]
