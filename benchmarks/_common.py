@@ -133,3 +133,14 @@ def write_section(path: Path, title: str, text: str) -> None:
     doc = pattern.sub(lambda _: section + "\n", doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + section
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(doc))
     print(f"wrote section '{title}' of {path}")
+
+
+def rescored_note(seeds: list[dict]) -> list[str]:
+    """A line saying which models were re-scored (weights of an earlier run, score statistics
+    recomputed on the same held-out training video), where any was."""
+    src = [s["rescored_from"] for s in seeds if s.get("rescored_from")]
+    if not src:
+        return []
+    return ["", "Re-scored models: the trained weights of " + ", ".join(f"`{Path(p).name}` of `{Path(p).parent.name}`" for p in src)
+            + " with the current score; its statistics recomputed on the same held-out training video, as `train` "
+              "does (the score is not part of the training loss, so retraining gives these weights again)."]

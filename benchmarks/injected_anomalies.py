@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import first_machine, publish, training_budget, training_budget_args  # noqa: E402
+from _common import first_machine, publish, rescored_note, training_budget, training_budget_args  # noqa: E402
 from ped2 import train_and_evaluate  # noqa: E402
 
 from m2s2l_deploy.data.video import read_video  # noqa: E402
@@ -45,7 +45,7 @@ TITLE = "## Real footage with injected anomalies: measured by benchmarks/injecte
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "vtest.avi"
 EVENT_START, EVENT_LEN = 20, 20          # output frames before the event / frames of the sped-up part
 SPEEDUP = 3
-PARTS = ("appearance-only", "motion-only", "speed-only")   # evaluate's ablation, micro AUC
+PARTS = ("appearance-only", "motion-only", "speed-only", "background-only")   # evaluate's ablation, micro AUC
 # source frames each test video consumes, in order, from the footage's unseen tail
 TEST_SOURCE = {"speedup": EVENT_START * 2 + EVENT_LEN * SPEEDUP, "static_object": 70, "fast_object": 70,
                "large_object": 70}
@@ -186,7 +186,7 @@ def render(result: dict) -> str:
     lines += ["", f"Mean micro AUC over training seeds: **{micro.mean():.3f}** (worst {micro.min():.3f}); the frame "
               f"difference scores {seeds[0]['baseline_auc_micro']:.3f} on the same frames. Test videos: "
               + "; ".join(f"{e['video']} {e['event']} ({e['frames']} frames, {e['anomalous']} anomalous)" for e in events)
-              + "."]
+              + "."] + rescored_note(seeds)
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import cli, first_machine, publish  # noqa: E402
+from _common import cli, first_machine, publish, rescored_note  # noqa: E402
 
 
 TITLE = "## Synthetic report seeds: measured by benchmarks/synthetic_report.py"
@@ -55,10 +55,11 @@ def one_seed(out: Path, seed: int, budget: list[str], report_seeds: list[int], t
         ev = json.loads(report.read_text())
         scores[rs] = {"auc_micro": ev["auc_micro"], "auc_micro_causal": ev["auc_micro_causal"],
                       "baseline_auc_micro": ev["baseline_auc_micro"]}
-    training = json.loads((run / "config.json").read_text())["training"]
+    config = json.loads((run / "config.json").read_text())
+    training = config["training"]
     print(f"seed {seed}: " + ", ".join(f"{rs} {s['auc_micro']:.3f}" for rs, s in scores.items()), flush=True)
     return {"seed": seed, "steps": training["steps"], "job_seconds": training.get("job_seconds"),
-            "threads": training.get("threads"), "scores": scores}
+            "threads": training.get("threads"), "scores": scores, "rescored_from": config.get("rescored_from")}
 
 
 def render(result: dict) -> str:
@@ -83,6 +84,7 @@ def render(result: dict) -> str:
     lines += ["", f"Mean micro AUC over training seeds: **{means.mean():.3f}** (spread over training seeds: "
               f"std {means.std(ddof=1) if len(means) > 1 else 0:.3f}, worst seed {means.min():.3f}); causal "
               f"{causal.mean():.3f}; single (seed, scene) pairs range {allv.min():.3f}–{allv.max():.3f}."]
+    lines += rescored_note(rows)
     return "\n".join(lines) + "\n"
 
 

@@ -120,3 +120,57 @@ def test_whole_frame_components_against_numpy():
     assert preset_config("tiny").score_whole_frame and preset_config("paper").score_whole_frame
     old = {k: v for k, v in preset_config("tiny").to_dict().items() if k != "score_whole_frame"}
     assert ModelConfig.from_dict(old).score_whole_frame is False
+
+
+def test_still_foreground_against_numpy():
+    """The background component's map: the target's squared distance from the empty scene, kept
+    where the clip's largest frame-to-frame change within ``spread`` pixels stays below ``tau``
+    (a NumPy loop); a parked object lights up, a moving one does not."""
+    rng = np.random.default_rng(4)
+    t, h, w, spread, tau = 5, 20, 24, 5, 0.1
+    bg = rng.uniform(-0.5, 0.5, (1, h, w))
+    clip = np.repeat(bg[None], t, axis=0) + rng.normal(0, 0.005, (t, 1, h, w))
+    clip[:, :, 3:8, 3:9] = 0.9                                  # parked before the clip began
+    for i in range(t):                                          # a walker, 2 px per frame
+        clip[i, :, 12:17, 2 + 2 * i:7 + 2 * i] = -0.9
+    got = scoring.still_foreground(torch.from_numpy(clip[None]).float(), torch.from_numpy(bg).float(),
+                                   spread, tau).numpy()[0, 0]
+    change = np.abs(np.diff(clip, axis=0)).mean(axis=1).max(axis=0)       # (h, w)
+    r = spread // 2
+    moved = np.array([[change[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].max() for x in range(w)]
+                      for y in range(h)])
+    want = ((clip[-1] - bg) ** 2).mean(axis=0) * np.clip(1 - moved / tau, 0, None)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    parked = ((0.9 - bg[0, 3:8, 3:9]) ** 2).mean()
+    assert got[4:7, 4:8].mean() > 0.8 * parked                  # the parked object counts in full
+    assert got[12:17, 10:15].max() < 1e-3 < parked              # the walker's inside does not
+
+
+def test_background_component_in_the_presets():
+    """The presets add a 5th component, the still foreground against the model's empty scene, pooled
+    like the others; configs saved before it have no such component."""
+    from m2s2l_deploy.model.config import ModelConfig, preset_config
+    from m2s2l_deploy.model.m2s2l import M2S2L
+
+    cfg = preset_config("tiny")
+    assert cfg.score_background and preset_config("paper").score_background
+    model = M2S2L(cfg).eval()
+    rng = np.random.default_rng(5)
+    background = torch.from_numpy(rng.uniform(-0.6, 0.6, (1, cfg.height, cfg.width)).astype(np.float32))
+    model.set_appearance_prior(background)
+    clip = background.expand(2, cfg.clip_len, 1, cfg.height, cfg.width).clone()
+    clip[1, :, :, 40:56, 60:80] = 0.95                           # a crate that stays, in video 1 only
+    with torch.no_grad():
+        comps = model.outputs(clip)["components"]
+    assert model.component_names == ("appearance", "motion", "quality", "speed", "background")
+    assert comps.shape == (2, 5)
+    still = scoring.still_foreground(clip, background)            # checked against NumPy above
+    want = scoring.pooled_db(still, cfg.score_window, cfg.score_stride, cfg.score_whole_frame)
+    torch.testing.assert_close(comps[:, 4], want, rtol=1e-4, atol=1e-3)
+    assert comps[1, 4] > comps[0, 4] + 20                         # dB: the crate against the empty scene
+    names = scoring.ablations(model.component_names)
+    assert names["background-only"] == (0, 0, 0, 0, 1) and names["speed-only"] == (0, 0, 0, 1, 0)
+    assert names["quality-aware"] == (1,) * 5 and list(names)[-1] == "quality-aware"
+    old = {k: v for k, v in cfg.to_dict().items() if k != "score_background"}
+    assert ModelConfig.from_dict(old).score_background is False
+    assert len(M2S2L(ModelConfig.from_dict(old)).score_mean) == 4

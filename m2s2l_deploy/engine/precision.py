@@ -280,6 +280,30 @@ def _inline_identity_initializers(graph: onnx.GraphProto) -> None:
     graph.node.extend(keep)
 
 
+def _split_shared_initializers(graph: onnx.GraphProto, stays_fp32) -> None:
+    """Give FP32 nodes their own copy of any initializer that converted nodes read too.
+
+    The converter types each initializer once, so a weight read by both sides (the empty scene:
+    added by the appearance head, compared with the target by the score head) would reach one of
+    them with the wrong type."""
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for x in n.input:
+            if x in inits:
+                readers.setdefault(x, []).append(n)
+    for name, nodes in readers.items():
+        fp32 = [n for n in nodes if stays_fp32(n)]
+        if not fp32 or len(fp32) == len(nodes):
+            continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[name])
+        copy.name = name + "__fp32"
+        graph.initializer.append(copy)
+        for n in fp32:
+            n.input[:] = [copy.name if x == name else x for x in n.input]
+
+
 def _float_outputs(model: onnx.ModelProto, names: set[str]) -> None:
     """Outputs that were float32 stay float32 (the converter casts some back to FP16 when their
     producer was kept in FP32): a final Cast to FP16 becomes a Cast to FP32, else one is appended."""
@@ -341,6 +365,7 @@ def to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
             users = [u for o in n.output for u in consumers.get(o, [])]
             if users and all(u.name in blocked or u.op_type in op_block for u in users):
                 blocked.add(n.name)
+    _split_shared_initializers(graph, lambda n: n.name in blocked or n.op_type in op_block)
     with warnings.catch_warnings(record=True) as clamped:      # "the float32 number x will be truncated to 1e-07"
         warnings.simplefilter("always")
         converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(op_block),

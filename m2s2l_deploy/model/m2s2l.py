@@ -20,7 +20,8 @@ future-frame prediction does; checkpoints written before it encode the target to
    "faster than real time" at the worst token join the score, for objects that look normal and
    move too fast.
 6. Quality-aware score (``scoring``): worst-patch (and whole-frame) PSNR of both heads plus an SSIM quality term
-   (and the speed head's odds), standardised by normal-footage statistics held in buffers (set by calibration after training).
+   (and the speed head's odds, and the still foreground against the empty scene, for objects that arrive
+   and stay), standardised by normal-footage statistics held in buffers (set by calibration after training).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class M2S2L(nn.Module):
         if cfg.speed_classes:
             self.speed_head = nn.Sequential(nn.Linear(d[1], d[1]), nn.GELU(), nn.Linear(d[1], cfg.speed_classes))
         # Normal-footage statistics for the score; identity until calibrated after training.
-        n = len(scoring.COMPONENTS) + (1 if cfg.speed_classes else 0)
+        self.component_names = scoring.component_names(bool(cfg.speed_classes), cfg.score_background)
+        n = len(self.component_names)
         self.register_buffer("score_mean", torch.zeros(n))
         self.register_buffer("score_std", torch.ones(n))
         self.register_buffer("score_weights", torch.ones(n))
@@ -158,8 +160,13 @@ class M2S2L(nn.Module):
         comps, e_app, e_mot = scoring.components(pred_frame, target, pred_motion, motion,
                                                   self.cfg.score_window, self.cfg.score_stride,
                                                   self.cfg.score_whole_frame)
+        extra = []
         if "speed_logits" in streams:
-            comps = torch.cat([comps, scoring.irregularity(streams["speed_logits"])[:, None]], dim=1)
+            extra.append(scoring.irregularity(streams["speed_logits"]))
+        if self.cfg.score_background:
+            extra.append(self.background_component(clip))
+        if extra:
+            comps = torch.cat([comps, torch.stack(extra, dim=1)], dim=1)
         return {
             "pred_frame": pred_frame, "pred_motion": pred_motion, "target": target, "motion": motion,
             "streams": streams, "components": comps,
@@ -171,6 +178,12 @@ class M2S2L(nn.Module):
         """The deployed graph: (score_map, pred_frame, pred_motion, frame_score), see OUTPUT_NAMES."""
         out = self.outputs(clip)
         return tuple(out[name] for name in OUTPUT_NAMES)
+
+    def background_component(self, clip):
+        """(B,) the still-foreground score component (``scoring.still_foreground``) in dB. It reads
+        the clip and the empty scene only, no trained weight."""
+        still = scoring.still_foreground(clip, torch.tanh(self.appearance_prior))
+        return scoring.pooled_db(still, self.cfg.score_window, self.cfg.score_stride, self.cfg.score_whole_frame)
 
     @torch.no_grad()
     def set_appearance_prior(self, background: torch.Tensor) -> None:

@@ -24,6 +24,12 @@ log-odds that the history plays faster than real time (an object moving at twice
 looks like a walker seen at frame stride 2). Prediction error misses such an object when it looks
 normal and its motion is smooth; the speed head is trained to tell strides apart on normal footage.
 
+Models with ``score_background`` (the presets) add a last component, the still foreground
+(``still_foreground``): the target's squared distance from the camera's empty scene (the appearance
+head's prior, the training footage's median) where nothing in the clip moves nearby, pooled like
+the error maps. A next-frame predictor forgets an object that arrived and stayed once it is in the
+history; this component does not, and moving objects are gated out, so walkers do not count.
+
 The frame score standardises each component with its mean/std on held-out normal footage and
 takes their weighted soft maximum (``combine``), weights (1, 1, 1) = "quality-aware"; ablations
 zero some weights. The result is in units of normal-footage standard deviations: the causal score;
@@ -37,7 +43,7 @@ import torch.nn.functional as F
 
 PEAK = 2.0
 EPS = 1e-8
-COMPONENTS = ("appearance", "motion", "quality")      # + "speed" for models with a speed head
+COMPONENTS = ("appearance", "motion", "quality")      # + "speed", "background" where the model has them
 SOFT_MAX_TAU = 0.5  # temperature of the soft maximum in combine(), in standard deviations
 ABLATIONS = {
     "appearance-only": (1.0, 0.0, 0.0),
@@ -47,15 +53,22 @@ ABLATIONS = {
 }
 
 
-def ablations(n_components: int) -> dict[str, tuple[float, ...]]:
-    """Weights of each score variant for a model with 3 or 4 (speed head) components; the last,
+def component_names(speed: bool, background: bool) -> tuple[str, ...]:
+    """The frame score's components, in the order the model stacks them."""
+    return COMPONENTS + (("speed",) if speed else ()) + (("background",) if background else ())
+
+
+def ablations(names: tuple[str, ...] | int) -> dict[str, tuple[float, ...]]:
+    """Weights of each score variant for a model with the components ``names`` (an int: a
+    checkpoint that does not record them, 3 = no speed head, 4 = speed head); the last,
     "quality-aware", is the frame score's own (all ones)."""
-    if n_components == 3:
-        return dict(ABLATIONS)
-    pad = (0.0,) * (n_components - 3)
+    if isinstance(names, int):
+        names = component_names(speed=names == 4, background=False)
+    pad = (0.0,) * (len(names) - 3)
     out = {name: w + pad for name, w in ABLATIONS.items() if name != "quality-aware"}
-    out["speed-only"] = (0.0,) * 3 + (1.0,)
-    out["quality-aware"] = (1.0,) * n_components
+    for i, extra in enumerate(names[3:], 3):
+        out[f"{extra}-only"] = tuple(1.0 if j == i else 0.0 for j in range(len(names)))
+    out["quality-aware"] = (1.0,) * len(names)
     return out
 
 
@@ -97,6 +110,18 @@ def whole_frame(err_map):
     return err_map.mean(dim=(1, 2, 3))
 
 
+def error_db(mse):
+    """A mean squared error in dB, higher = worse (minus its PSNR)."""
+    return -psnr(mse)
+
+
+def pooled_db(err_map, window: int, stride: int = 0, whole_frame_too: bool = False, to_db=error_db):
+    """(B, 1, H, W) map -> (B,) in dB: its worst patch, or (``whole_frame_too``) the mean of its
+    worst patch and its whole-frame average."""
+    worst = to_db(worst_patch(err_map, window, stride))
+    return (worst + to_db(whole_frame(err_map))) / 2 if whole_frame_too else worst
+
+
 def components(pred_frame, target, pred_motion, motion, window: int, stride: int = 0,
                whole_frame_too: bool = False):
     """(B, 3) score components in dB, in the order of COMPONENTS, and the two error maps.
@@ -105,17 +130,30 @@ def components(pred_frame, target, pred_motion, motion, window: int, stride: int
     e_app, e_mot = error_maps(pred_frame, target, pred_motion, motion)
     q = ssim_dissimilarity(pred_frame, target)
 
-    def db(err_map, to_db):
-        worst = to_db(worst_patch(err_map, window, stride))
-        return (worst + to_db(whole_frame(err_map))) / 2 if whole_frame_too else worst
-
     def quality_db(x):
         return 10.0 * torch.log10(1.0 / (1.0 - x.clamp(max=1.0 - 1e-6)))
-
-    def error_db(mse):
-        return -psnr(mse)
-    comps = [db(e_app, error_db), db(e_mot, error_db), db(q, quality_db)]
+    comps = [pooled_db(e, window, stride, whole_frame_too) for e in (e_app, e_mot)]
+    comps.append(pooled_db(q, window, stride, whole_frame_too, quality_db))
     return torch.stack(comps, dim=1), e_app, e_mot
+
+
+STILL_SPREAD = 5      # pixels: motion this close to a pixel counts as motion at it
+STILL_TAU = 0.15      # mean absolute frame difference (pixels in [-1, 1]) at which a pixel stops being still
+
+
+def still_foreground(clip, background, spread: int = STILL_SPREAD, tau: float = STILL_TAU):
+    """(B, T, C, H, W) clip and the empty scene (C, H, W) -> (B, 1, H, W): the target's squared
+    difference from the empty scene, kept only where nothing moved in the clip nearby.
+
+    Why: a next-frame predictor reproduces an object that arrived and stayed (a parked crate, a
+    dropped bag) as soon as it is in the history, so prediction error forgets it after a few frames;
+    this map remembers what the scene looks like when empty. Stillness is gated softly: 1 where the
+    largest frame-to-frame change within ``spread`` pixels is 0, falling to 0 at ``tau``, so the
+    uniform inside of a slow walker, whose edges move, does not count as a parked object."""
+    moved = (clip[:, 1:] - clip[:, :-1]).abs().mean(dim=2).amax(dim=1, keepdim=True)
+    moved = F.max_pool2d(moved, spread, stride=1, padding=spread // 2)
+    still = (1.0 - moved / tau).clamp(min=0.0)
+    return (clip[:, -1] - background).pow(2).mean(dim=1, keepdim=True) * still
 
 
 def combine(comps, mean, std, weights, tau: float = SOFT_MAX_TAU):

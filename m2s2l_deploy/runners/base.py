@@ -30,7 +30,8 @@ class Runner:
     - ``threshold``: the alert threshold calibrated on normal footage and stored with the model
       (None when none is stored), and ``threshold_source``;
     - ``component_stats``: the (mean, std) of the score components on normal footage, when the
-      runner can return ``components`` (the ablation in ``evaluate`` needs them), else None;
+      runner can return ``components`` (the ablation in ``evaluate`` needs them), else None, and
+      ``component_names``, what each is;
     - ``last_call_s``: wall time of the last ``infer`` call (host to host, copies included).
     """
 
@@ -41,6 +42,7 @@ class Runner:
     threshold: float | None = None
     threshold_source: str = "none stored"
     component_stats: tuple[np.ndarray, np.ndarray] | None = None
+    component_names: tuple[str, ...] | None = None
     last_call_s: float = 0.0
 
     def infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:

@@ -76,6 +76,7 @@ class TorchRunner(Runner):
             self.threshold = float(self.checkpoint.threshold)
             self.threshold_source = f"checkpoint calibration ({self.checkpoint.path / CONFIG})"
         self.component_stats = (self.model.score_mean.cpu().numpy(), self.model.score_std.cpu().numpy())
+        self.component_names = self.model.component_names
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's deployed outputs for a device tensor (no host synchronisation inside)."""
