@@ -1,0 +1,59 @@
+"""The Ped2 development sets: built from training videos only, read by the toolkit, bad input refused."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from m2s2l_deploy.data import open_dataset
+from m2s2l_deploy.errors import UserError
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def ped2_dev():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("ped2_dev", BENCH / "ped2_dev.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _videos(n_frames=180):
+    """Sixteen gray 'training videos' whose pixel (0, 0) holds the video number."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for v in range(1, 17):
+        frames = rng.integers(0, 256, (n_frames, 48, 64), dtype=np.uint8)
+        frames[:, 0, 0] = v
+        out[v] = frames
+    return out
+
+
+@pytest.mark.parametrize("split", ["A", "B"])
+def test_split_layout_is_read_by_the_toolkit(ped2_dev, tmp_path, split):
+    plan = ped2_dev.SPLITS[split]
+    summary = ped2_dev.build_split(_videos(), split, tmp_path)
+    ds = open_dataset(tmp_path)
+    assert [v.name for v in ds.train] == [f"{v:02d}" for v in plan["train"]]
+    assert [(int(e["source"]), e["event"]) for e in summary["testing"]] == list(plan["test"])
+    for v, e in zip(ds.test, summary["testing"]):
+        frames = v.load()
+        assert int(v.labels.sum()) == e["anomalous"] > 0 and len(v.labels) == len(frames)
+        assert (frames[:, 0, 0] == int(e["source"])).all()          # cut from the video it names
+    # test footage never comes from a training video, and each source's frames are used once
+    assert not {int(e["source"]) for e in summary["testing"]} & set(plan["train"])
+    spans = sorted((e["source"], *e["source_frames"]) for e in summary["testing"])
+    assert all(a[0] != b[0] or a[2] <= b[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_missing_or_short_videos_are_refused(ped2_dev, tmp_path):
+    videos = _videos()
+    del videos[14]
+    with pytest.raises(UserError, match="lacks video"):
+        ped2_dev.build_split(videos, "A", tmp_path / "a")
+    with pytest.raises(UserError, match="too few"):
+        ped2_dev.build_split(_videos(n_frames=120), "A", tmp_path / "b")
