@@ -19,7 +19,8 @@ def test_checkpoint_records_contract_and_calibration(trained_run):
     ckpt = load_checkpoint(trained_run)
     assert ckpt.contract.fps == 10 and ckpt.contract.channels == 1 and ckpt.contract.clip_len == 5
     cal = ckpt.info["calibration"]
-    assert len(cal["component_std"]) == 4 and all(s > 0 for s in cal["component_std"])   # 3 + the speed head
+    assert cal["components"] == ["appearance", "motion", "quality", "speed", "background"]
+    assert len(cal["component_std"]) == 5 and all(s > 0 for s in cal["component_std"])
     # the buffers in the weights are the calibration record
     np.testing.assert_allclose(ckpt.state["score_mean"].numpy(), cal["component_mean"], rtol=1e-6)
     assert ckpt.info["training"]["steps"] > 0 and ckpt.info["training"]["layout"] == "frames"
@@ -38,9 +39,13 @@ def test_training_beats_the_untrained_model_and_the_baseline(eval_report, untrai
     # the untrained appearance head already draws the empty scene (its prior), so its error map is a
     # background subtraction with a high pixel AUC: training must still improve on it
     assert r["auc_pixel"] >= 0.9 and r["auc_pixel"] > u["auc_pixel"], (r["auc_pixel"], u["auc_pixel"])
-    # the score's whole-frame granularity turns that prior into a frame-level background subtraction
-    # (untrained 0.735 micro here, 0.717 with the worst patch alone), so the margin is 0.05, not 0.1
-    assert r["auc_micro"] >= u["auc_micro"] + 0.05, (r["auc_micro"], u["auc_micro"], r["auc_pixel"], u["auc_pixel"])
+    # the whole-frame granularity and the background component (which reads no weight) make the
+    # untrained, calibrated score a frame-level background subtraction too, so what training adds
+    # is judged on the learned components (appearance + motion, "combined"); the full score must
+    # still beat the untrained one
+    learned = r["ablation"]["combined"]["auc_micro"], u["ablation"]["combined"]["auc_micro"]
+    assert learned[0] >= learned[1] + 0.1, learned
+    assert r["auc_micro"] > u["auc_micro"], (r["auc_micro"], u["auc_micro"], r["auc_pixel"], u["auc_pixel"])
     assert r["auc_micro_causal"] >= r["baseline_auc_micro"] + 0.05, (r["auc_micro_causal"], r["baseline_auc_micro"])
     assert r["baseline_auc_micro"] == pytest.approx(u["baseline_auc_micro"])   # same frames, same baseline
     assert r["baseline_auc_micro"] <= 0.80          # the synthetic set is not trivially easy
@@ -63,7 +68,7 @@ def test_report_agrees_with_sklearn_directly(eval_report, scene_test):
 
 def test_ablation_has_all_variants(eval_report):
     ab = eval_report["ablation"]
-    assert set(ab) == {"appearance-only", "motion-only", "speed-only", "combined", "quality-aware"}
+    assert set(ab) == {"appearance-only", "motion-only", "speed-only", "background-only", "combined", "quality-aware"}
     assert ab["quality-aware"]["auc_micro"] == pytest.approx(eval_report["auc_micro"])
     assert all(0.0 <= v["auc_micro"] <= 1.0 for v in ab.values())
 
