@@ -214,7 +214,8 @@ def calibrate(model: M2S2L, contract: InputContract, calibration, quantile: floa
     model.map_scale.copy_(torch.tensor([max(float(np.mean(np.concatenate(e))), 1e-6) for e in (e_app, e_mot)]))
     scores = scoring.combine(comps, model.score_mean.cpu(), model.score_std.cpu(), model.score_weights.cpu()).numpy()
     return {"videos": [n for n, _ in calibration], "n_frames": int(len(scores)),
-            "components": list(model.component_names), "component_mean": model.score_mean.tolist(), "component_std": model.score_std.tolist(),
+            "components": list(model.component_names),
+            "component_mean": model.score_mean.tolist(), "component_std": model.score_std.tolist(),
             "map_scale": model.map_scale.tolist(),
             "score_mean": float(scores.mean()), "score_std": float(scores.std()),
             "threshold_quantile": quantile, "threshold": float(np.quantile(scores, quantile))}
