@@ -11,6 +11,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from m2s2l_deploy.errors import UserError
 from m2s2l_deploy.files import atomic_write_bytes, atomic_write_json
 from m2s2l_deploy.runners.factory import cpu_name
 
@@ -133,6 +135,23 @@ def write_section(path: Path, title: str, text: str) -> None:
     doc = pattern.sub(lambda _: section + "\n", doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + section
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(doc))
     print(f"wrote section '{title}' of {path}")
+
+
+def build_once(folder: Path, marker: str, build) -> None:
+    """Build ``folder`` unless it already holds ``marker``: ``build(tmp)`` writes a temporary folder
+    beside it, renamed into place once complete, so an interrupted or refused build never leaves a
+    mixed folder. A UserError ends the script with its one line."""
+    if (folder / marker).exists():
+        return
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    for stale in (tmp, folder):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        build(tmp)
+    except UserError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        sys.exit(str(e))
+    os.replace(tmp, folder)
 
 
 def rescored_note(seeds: list[dict]) -> list[str]:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,11 +32,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import first_machine, publish, rescored_note, training_budget, training_budget_args  # noqa: E402
+from _common import build_once, first_machine, publish, rescored_note, training_budget, training_budget_args  # noqa: E402
 from ped2 import train_and_evaluate  # noqa: E402
 
 from m2s2l_deploy.data.video import read_video  # noqa: E402
-from m2s2l_deploy.errors import UserError  # noqa: E402
 from m2s2l_deploy.files import atomic_write_json  # noqa: E402
 
 TITLE = "## Real footage with injected anomalies: measured by benchmarks/injected_anomalies.py"
@@ -201,16 +198,11 @@ def main() -> None:
     log = a.out / "commands.log"
     started = first_machine(a.out, "torch")
     data = a.out / "data"
-    if not (data / "injected.json").exists():   # built whole into a temporary folder, then renamed
-        try:
-            frames, fps = read_video(a.video)
-        except UserError as e:
-            sys.exit(str(e))
-        tmp = a.out / ".data.tmp"
-        for stale in (tmp, data):
-            shutil.rmtree(stale, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
+        frames, fps = read_video(a.video)
         build_dataset(half_size(frames), tmp, fps or 10.0)
-        os.replace(tmp, data)
+    build_once(data, "injected.json", build)
     summary = json.loads((data / "injected.json").read_text())
     budget = training_budget(a)
     seeds = [train_and_evaluate(data, a.out, s, budget, log) for s in a.seeds]

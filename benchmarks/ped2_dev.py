@@ -22,8 +22,6 @@ docs/results.md records by hand.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import training_budget, training_budget_args  # noqa: E402
+from _common import build_once, training_budget, training_budget_args  # noqa: E402
 from injected_anomalies import TEST_SOURCE, _write_frames, inject  # noqa: E402
 from ped2 import train_and_evaluate  # noqa: E402
 
@@ -91,17 +89,11 @@ def main() -> None:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     data = a.out / "data"
-    if not (data / "ped2_dev.json").exists():      # built whole into a temporary folder, then renamed
-        tmp = a.out / ".data.tmp"
-        for stale in (tmp, data):
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            train = open_dataset(a.data).train
-            videos = {int(v.name[-2:]): v.load() for v in train if v.name[-2:].isdigit()}
-            build_split(videos, a.split, tmp)
-        except UserError as e:
-            sys.exit(str(e))
-        os.replace(tmp, data)
+
+    def build(tmp: Path) -> None:
+        train = open_dataset(a.data).train
+        build_split({int(v.name[-2:]): v.load() for v in train if v.name[-2:].isdigit()}, a.split, tmp)
+    build_once(data, "ped2_dev.json", build)
     budget = training_budget(a)
     rows = [train_and_evaluate(data, a.out, s, budget, a.out / "commands.log") for s in a.seeds]
     for r in rows:

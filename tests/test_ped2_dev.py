@@ -1,7 +1,6 @@
 """The Ped2 development sets: built from training videos only, read by the toolkit, bad input refused."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def ped2_dev():
-    sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location("ped2_dev", BENCH / "ped2_dev.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
