@@ -122,10 +122,11 @@ def test_whole_frame_components_against_numpy():
     assert ModelConfig.from_dict(old).score_whole_frame is False
 
 
-def test_still_foreground_against_numpy():
-    """The background component's map: the target's squared distance from the empty scene, kept
-    where the clip's largest frame-to-frame change within ``spread`` pixels stays below ``tau``
-    (a NumPy loop); a parked object lights up, a moving one does not."""
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_still_foreground_against_numpy(floor):
+    """The background component's map: the target's distance from the empty scene beyond the noise
+    floor, squared, kept where the clip's largest frame-to-frame change within ``spread`` pixels
+    stays below ``tau`` (a NumPy loop); a parked object lights up, a moving one does not."""
     rng = np.random.default_rng(4)
     t, h, w, spread, tau = 5, 20, 24, 5, 0.1
     bg = rng.uniform(-0.5, 0.5, (1, h, w))
@@ -134,16 +135,33 @@ def test_still_foreground_against_numpy():
     for i in range(t):                                          # a walker, 2 px per frame
         clip[i, :, 12:17, 2 + 2 * i:7 + 2 * i] = -0.9
     got = scoring.still_foreground(torch.from_numpy(clip[None]).float(), torch.from_numpy(bg).float(),
-                                   spread, tau).numpy()[0, 0]
+                                   spread, tau, floor).numpy()[0, 0]
     change = np.abs(np.diff(clip, axis=0)).mean(axis=1).max(axis=0)       # (h, w)
     r = spread // 2
     moved = np.array([[change[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].max() for x in range(w)]
                       for y in range(h)])
-    want = ((clip[-1] - bg) ** 2).mean(axis=0) * np.clip(1 - moved / tau, 0, None)
+    beyond = np.maximum(np.abs(clip[-1] - bg) - floor, 0)
+    want = (beyond ** 2).mean(axis=0) * np.clip(1 - moved / tau, 0, None)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-    parked = ((0.9 - bg[0, 3:8, 3:9]) ** 2).mean()
+    parked = (np.maximum(np.abs(0.9 - bg[0, 3:8, 3:9]) - floor, 0) ** 2).mean()
     assert got[4:7, 4:8].mean() > 0.8 * parked                  # the parked object counts in full
     assert got[12:17, 10:15].max() < 1e-3 < parked              # the walker's inside does not
+
+
+def test_still_foreground_floor_absorbs_a_lighting_drift():
+    """The presets' noise floor: the whole scene 3 grey levels brighter (the light's drift) adds
+    nothing, while without the floor it lights up every still pixel; a parked crate still counts."""
+    from m2s2l_deploy.model.config import BACKGROUND_FLOOR
+
+    rng = np.random.default_rng(6)
+    bg = torch.from_numpy(rng.uniform(-0.5, 0.5, (1, 32, 40)).astype(np.float32))
+    clip = (bg + 3 / 127.5).expand(1, 5, 1, 32, 40).clone()
+    assert scoring.still_foreground(clip, bg, floor=BACKGROUND_FLOOR).max() == 0
+    assert scoring.still_foreground(clip, bg).min() > 0.9 * (3 / 127.5) ** 2
+    clip[..., 8:20, 10:26] = 0.9                                  # a crate, parked before the clip
+    crate = scoring.still_foreground(clip, bg, floor=BACKGROUND_FLOOR)[0, 0, 9:19, 11:25]
+    want = ((0.9 - bg[0, 9:19, 11:25]).abs() - BACKGROUND_FLOOR).clamp(min=0).pow(2)
+    torch.testing.assert_close(crate, want)
 
 
 def test_background_component_in_the_presets():
@@ -164,13 +182,15 @@ def test_background_component_in_the_presets():
         comps = model.outputs(clip)["components"]
     assert model.component_names == ("appearance", "motion", "quality", "speed", "background")
     assert comps.shape == (2, 5)
-    still = scoring.still_foreground(clip, background)            # checked against NumPy above
+    assert cfg.background_floor > 0 and preset_config("paper").background_floor == cfg.background_floor
+    still = scoring.still_foreground(clip, background, floor=cfg.background_floor)   # checked against NumPy above
     want = scoring.pooled_db(still, cfg.score_window, cfg.score_stride, cfg.score_whole_frame)
     torch.testing.assert_close(comps[:, 4], want, rtol=1e-4, atol=1e-3)
     assert comps[1, 4] > comps[0, 4] + 20                         # dB: the crate against the empty scene
     names = scoring.ablations(model.component_names)
     assert names["background-only"] == (0, 0, 0, 0, 1) and names["speed-only"] == (0, 0, 0, 1, 0)
     assert names["quality-aware"] == (1,) * 5 and list(names)[-1] == "quality-aware"
-    old = {k: v for k, v in cfg.to_dict().items() if k != "score_background"}
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("score_background", "background_floor")}
     assert ModelConfig.from_dict(old).score_background is False
+    assert ModelConfig.from_dict(old).background_floor == 0.0      # checkpoints saved before the floor
     assert len(M2S2L(ModelConfig.from_dict(old)).score_mean) == 4

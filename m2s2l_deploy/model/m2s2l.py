@@ -182,7 +182,7 @@ class M2S2L(nn.Module):
     def background_component(self, clip):
         """(B,) the still-foreground score component (``scoring.still_foreground``) in dB. It reads
         the clip and the empty scene only, no trained weight."""
-        still = scoring.still_foreground(clip, torch.tanh(self.appearance_prior))
+        still = scoring.still_foreground(clip, torch.tanh(self.appearance_prior), floor=self.cfg.background_floor)
         return scoring.pooled_db(still, self.cfg.score_window, self.cfg.score_stride, self.cfg.score_whole_frame)
 
     @torch.no_grad()

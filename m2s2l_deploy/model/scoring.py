@@ -27,7 +27,8 @@ normal and its motion is smooth; the speed head is trained to tell strides apart
 Models with ``score_background`` (the presets) add a last component, the still foreground
 (``still_foreground``): the target's squared distance from the camera's empty scene (the appearance
 head's prior, the training footage's median) where nothing in the clip moves nearby, pooled like
-the error maps. A next-frame predictor forgets an object that arrived and stayed once it is in the
+the error maps; differences below a noise floor (presets: 4 grey levels) do not count, so the light's
+drift over a day does not. A next-frame predictor forgets an object that arrived and stayed once it is in the
 history; this component does not, and moving objects are gated out, so walkers do not count.
 
 The frame score standardises each component with its mean/std on held-out normal footage and
@@ -141,19 +142,23 @@ STILL_SPREAD = 5      # pixels: motion this close to a pixel counts as motion at
 STILL_TAU = 0.15      # mean absolute frame difference (pixels in [-1, 1]) at which a pixel stops being still
 
 
-def still_foreground(clip, background, spread: int = STILL_SPREAD, tau: float = STILL_TAU):
+def still_foreground(clip, background, spread: int = STILL_SPREAD, tau: float = STILL_TAU,
+                     floor: float = 0.0):
     """(B, T, C, H, W) clip and the empty scene (C, H, W) -> (B, 1, H, W): the target's squared
-    difference from the empty scene, kept only where nothing moved in the clip nearby.
+    difference from the empty scene beyond ``floor``, kept only where nothing moved in the clip nearby.
 
     Why: a next-frame predictor reproduces an object that arrived and stayed (a parked crate, a
     dropped bag) as soon as it is in the history, so prediction error forgets it after a few frames;
     this map remembers what the scene looks like when empty. Stillness is gated softly: 1 where the
     largest frame-to-frame change within ``spread`` pixels is 0, falling to 0 at ``tau``, so the
-    uniform inside of a slow walker, whose edges move, does not count as a parked object."""
+    uniform inside of a slow walker, whose edges move, does not count as a parked object. The
+    ``floor`` (per pixel and channel, in [-1, 1] units) absorbs the light's slow drift, which moves
+    the whole scene by a few grey levels, where a parked object differs by tens."""
     moved = (clip[:, 1:] - clip[:, :-1]).abs().mean(dim=2).amax(dim=1, keepdim=True)
     moved = F.max_pool2d(moved, spread, stride=1, padding=spread // 2)
     still = (1.0 - moved / tau).clamp(min=0.0)
-    return (clip[:, -1] - background).pow(2).mean(dim=1, keepdim=True) * still
+    beyond = ((clip[:, -1] - background).abs() - floor).clamp(min=0.0)
+    return beyond.pow(2).mean(dim=1, keepdim=True) * still
 
 
 def combine(comps, mean, std, weights, tau: float = SOFT_MAX_TAU):
