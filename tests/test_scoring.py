@@ -55,12 +55,12 @@ def test_components_rank_a_visible_object_higher():
     assert (c_bad[0, 0] > c_good[0, 0]) and (c_bad[0, 2] > c_good[0, 2])
 
 
-def test_combine_standardises_and_takes_a_soft_maximum():
+@pytest.mark.parametrize("tau", [scoring.SOFT_MAX_TAU, 4.0])
+def test_combine_standardises_and_takes_a_soft_maximum(tau):
     comps = torch.tensor([[3.0, 5.0, 7.0], [3.0, 13.0, -5.0]])
     mean, std = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 4.0, 6.0])
     z = ((comps - mean) / std).double().numpy()          # [[1, 1, 1], [1, 3, -1]]
-    tau = scoring.SOFT_MAX_TAU
-    got = scoring.combine(comps, mean, std, torch.ones(3)).double().numpy()
+    got = scoring.combine(comps, mean, std, torch.ones(3), tau).double().numpy()
     # independent form: tau * log(mean(exp(z / tau))), via scipy's stable logsumexp
     from scipy.special import logsumexp
     want = tau * (logsumexp(z / tau, axis=1) - np.log(3))
@@ -68,9 +68,9 @@ def test_combine_standardises_and_takes_a_soft_maximum():
     assert got[0] == pytest.approx(1.0, rel=1e-5)           # equal components: that value
     assert z[1].max() - tau * np.log(3) <= got[1] <= z[1].max()
     # zero weights drop a component, however large it is
-    only_app = scoring.combine(comps, mean, std, torch.tensor([1.0, 0, 0]))
+    only_app = scoring.combine(comps, mean, std, torch.tensor([1.0, 0, 0]), tau)
     np.testing.assert_allclose(only_app.numpy(), z[:, 0], rtol=1e-6)
-    huge = scoring.combine(torch.tensor([[3.0, 1e6, 7.0]]), mean, std, torch.tensor([1.0, 0, 1.0]))
+    huge = scoring.combine(torch.tensor([[3.0, 1e6, 7.0]]), mean, std, torch.tensor([1.0, 0, 1.0]), tau)
     assert torch.isfinite(huge).all() and huge.item() <= 1.0 + 1e-5
 
 
@@ -194,3 +194,23 @@ def test_background_component_in_the_presets():
     assert ModelConfig.from_dict(old).score_background is False
     assert ModelConfig.from_dict(old).background_floor == 0.0      # checkpoints saved before the floor
     assert len(M2S2L(ModelConfig.from_dict(old)).score_mean) == 4
+
+
+def test_presets_fuse_with_their_own_temperature():
+    """The presets fuse at config.SCORE_TAU, inside the model's own frame score (so every exported
+    graph carries it) and in training's calibration; configs saved before it keep 0.5."""
+    from m2s2l_deploy.model.config import SCORE_TAU, ModelConfig, preset_config
+    from m2s2l_deploy.model.m2s2l import M2S2L
+
+    cfg = preset_config("tiny")
+    assert cfg.score_tau == SCORE_TAU == preset_config("paper").score_tau != scoring.SOFT_MAX_TAU
+    old = {k: v for k, v in cfg.to_dict().items() if k != "score_tau"}
+    assert ModelConfig.from_dict(old).score_tau == scoring.SOFT_MAX_TAU
+    model = M2S2L(cfg).eval()
+    with torch.no_grad():
+        model.score_std.copy_(torch.linspace(0.5, 2.0, len(model.score_std)))
+        out = model.outputs(torch.rand(2, cfg.clip_len, 1, cfg.height, cfg.width) * 2 - 1)
+    want = scoring.combine(out["components"], model.score_mean, model.score_std, model.score_weights, SCORE_TAU)
+    torch.testing.assert_close(out["frame_score"], want)
+    at_half = scoring.combine(out["components"], model.score_mean, model.score_std, model.score_weights, 0.5)
+    assert not torch.allclose(out["frame_score"], at_half)

@@ -40,7 +40,7 @@ from m2s2l_deploy.serving.repository import package_repository  # noqa: E402
 from m2s2l_deploy.serving.network import Endpoints, free_port  # noqa: E402
 from m2s2l_deploy.serving.process import TritonServerProcess  # noqa: E402
 from m2s2l_deploy.serving.server import PyTritonServer, served_model  # noqa: E402
-from m2s2l_deploy.serving.stats import batching_summary, delta  # noqa: E402
+from m2s2l_deploy.serving.stats import batching_summary, delta, settled  # noqa: E402
 from cli_helpers import assert_user_error, run_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -160,7 +160,8 @@ def test_load_eight_streams_batches_without_failures(any_server, model_files, re
     endpoints, _, token = any_server
     before = batching_summary(endpoints.metrics_url, endpoints.http_url, "m2s2l", token)
     report = bench_streams(model_files["videos"], endpoints.grpc_url, 8, 6.0, None, quiet, timeout_s=60)
-    after = batching_summary(endpoints.metrics_url, endpoints.http_url, "m2s2l", token)
+    after = settled(lambda: batching_summary(endpoints.metrics_url, endpoints.http_url, "m2s2l", token),
+                    before["inference_count"] + report["requests_ok"])
     run = delta(after, before)
     assert report["failed_requests"] == 0 and report["gaps"] == 0 and not report["stalled_streams"]
     assert all(s["requests_ok"] > 0 for s in report["per_stream"])
@@ -169,6 +170,17 @@ def test_load_eight_streams_batches_without_failures(any_server, model_files, re
     assert sum(int(k) * v for k, v in run["batch_sizes"].items()) == run["inference_count"]
     assert_scores_match(report, reference)     # batched answers went back to the right requests
     assert report["latency_ms"]["p99"] >= report["latency_ms"]["p50"] > 0
+
+
+def test_settled_waits_for_the_server_to_count_the_last_answers():
+    """Counters that catch up one read late are waited for; counters that never catch up are
+    returned as they are after the timeout, so the caller's comparison fails instead of hanging."""
+    reads = iter([{"inference_count": 148}, {"inference_count": 149}, {"inference_count": 150}])
+    assert settled(lambda: next(reads), 150, timeout_s=5, poll_s=0)["inference_count"] == 150
+    both = {"inference_count": 150, "batch_sizes": {"2": 74}}       # the statistics API lags: 148
+    t0 = time.monotonic()
+    assert settled(lambda: both, 150, timeout_s=0.3, poll_s=0.05) is both
+    assert time.monotonic() - t0 >= 0.3
 
 
 # -- loopback only --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..report.plots import plot_video_scores
 from .clip_loop import VideoScores, score_prepared
 
 
-def _ablation(per_video: dict[str, VideoScores], labels: dict, mean, std, names=None) -> dict:
+def _ablation(per_video: dict[str, VideoScores], labels: dict, mean, std, names=None, tau=None) -> dict:
     """AUCs (paper protocol) of each score variant, from the runner's per-frame components.
 
     The variants recombine the components with the model's own score function (torch: only a
@@ -35,11 +35,12 @@ def _ablation(per_video: dict[str, VideoScores], labels: dict, mean, std, names=
     from ..model import scoring
 
     out = {}
+    tau = scoring.SOFT_MAX_TAU if tau is None else tau
     mean, std = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
     for name, weights in scoring.ablations(names or len(mean)).items():
         w = torch.tensor(weights, dtype=torch.float64)
         scores = {v: metrics.minmax_per_video(
-            scoring.combine(torch.from_numpy(s.components).double(), mean, std, w).numpy())
+            scoring.combine(torch.from_numpy(s.components).double(), mean, std, w, tau).numpy())
             for v, s in per_video.items()}
         r = metrics.frame_auc(scores, labels)
         out[name] = {"auc_micro": r["auc_micro"], "auc_macro": r["auc_macro"]}
@@ -106,7 +107,8 @@ def evaluate(runner, data_root, layout: str = "auto", batch: int = 16, smooth_si
         maps = {v: results[v].score_maps.astype(np.float32) for v in masks}
         report["auc_pixel"] = metrics.pixel_auc(maps, masks)
     if all(s.components is not None for s in results.values()) and runner.component_stats is not None:
-        report["ablation"] = _ablation(results, labels, *runner.component_stats, runner.component_names)
+        report["ablation"] = _ablation(results, labels, *runner.component_stats, runner.component_names,
+                                       runner.score_tau)
     if plots_dir is not None:
         report["plots"] = plot_video_scores(results, labels, Path(plots_dir))
     return report

@@ -212,7 +212,8 @@ def calibrate(model: M2S2L, contract: InputContract, calibration, quantile: floa
     model.score_mean.copy_(comps.mean(dim=0))
     model.score_std.copy_(comps.std(dim=0).clamp(min=1e-3))
     model.map_scale.copy_(torch.tensor([max(float(np.mean(np.concatenate(e))), 1e-6) for e in (e_app, e_mot)]))
-    scores = scoring.combine(comps, model.score_mean.cpu(), model.score_std.cpu(), model.score_weights.cpu()).numpy()
+    scores = scoring.combine(comps, model.score_mean.cpu(), model.score_std.cpu(), model.score_weights.cpu(),
+                             model.cfg.score_tau).numpy()
     return {"videos": [n for n, _ in calibration], "n_frames": int(len(scores)),
             "components": list(model.component_names),
             "component_mean": model.score_mean.tolist(), "component_std": model.score_std.tolist(),

@@ -171,7 +171,8 @@ class M2S2L(nn.Module):
             "pred_frame": pred_frame, "pred_motion": pred_motion, "target": target, "motion": motion,
             "streams": streams, "components": comps,
             "score_map": scoring.score_map(e_app, e_mot, self.map_scale),
-            "frame_score": scoring.combine(comps, self.score_mean, self.score_std, self.score_weights),
+            "frame_score": scoring.combine(comps, self.score_mean, self.score_std, self.score_weights,
+                                           self.cfg.score_tau),
         }
 
     def forward(self, clip):

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 PEAK = 2.0
 EPS = 1e-8
 COMPONENTS = ("appearance", "motion", "quality")      # + "speed", "background" where the model has them
-SOFT_MAX_TAU = 0.5  # temperature of the soft maximum in combine(), in standard deviations
+SOFT_MAX_TAU = 0.5  # default temperature of combine()'s soft maximum (std units); presets: config.SCORE_TAU
 ABLATIONS = {
     "appearance-only": (1.0, 0.0, 0.0),
     "motion-only": (0.0, 1.0, 0.0),
@@ -170,7 +170,10 @@ def combine(comps, mean, std, weights, tau: float = SOFT_MAX_TAU):
     wrong but does not move; a cyclist looks almost normal but moves too fast), and a sum adds the
     other components' normal-footage noise to that one clear signal. The result lies within
     tau * log(sum w / max w) below the largest active component; zero weights drop a component
-    (the ablations). Works on (B, K) torch tensors; plain ops only, so it runs inside every graph.
+    (the ablations). The temperature says how soft: 0.5 (checkpoints before the presets' own) is
+    nearly the maximum; the presets' 4 leans towards the mean, because on a new camera's normal
+    footage a single component can sit several deviations high and would decide the score alone
+    (docs/results.md). Works on (B, K) torch tensors; plain ops only, so it runs inside every graph.
     """
     z = (comps - mean) / std
     active = weights > 0

@@ -31,7 +31,7 @@ class Runner:
       (None when none is stored), and ``threshold_source``;
     - ``component_stats``: the (mean, std) of the score components on normal footage, when the
       runner can return ``components`` (the ablation in ``evaluate`` needs them), else None, and
-      ``component_names``, what each is;
+      ``component_names``, what each is, and ``score_tau``, the temperature that fuses them;
     - ``last_call_s``: wall time of the last ``infer`` call (host to host, copies included).
     """
 
@@ -43,6 +43,7 @@ class Runner:
     threshold_source: str = "none stored"
     component_stats: tuple[np.ndarray, np.ndarray] | None = None
     component_names: tuple[str, ...] | None = None
+    score_tau: float | None = None
     last_call_s: float = 0.0
 
     def infer(self, clips: np.ndarray) -> dict[str, np.ndarray]:

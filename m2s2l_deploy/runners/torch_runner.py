@@ -77,6 +77,7 @@ class TorchRunner(Runner):
             self.threshold_source = f"checkpoint calibration ({self.checkpoint.path / CONFIG})"
         self.component_stats = (self.model.score_mean.cpu().numpy(), self.model.score_std.cpu().numpy())
         self.component_names = self.model.component_names
+        self.score_tau = self.model.cfg.score_tau
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's deployed outputs for a device tensor (no host synchronisation inside)."""

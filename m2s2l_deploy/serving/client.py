@@ -497,9 +497,9 @@ def bench_streams(videos: list[Path], url: str, streams: int, duration_s: float 
         "stalled_streams": stalled, "notes": server.notes, "per_stream": per_stream,
     }
     if before is not None:
-        from .stats import read_metrics
+        from .stats import read_metrics, settled
         try:
-            after = read_metrics(metrics_url, server.name)
+            after = settled(lambda: read_metrics(metrics_url, server.name), before["inference_count"] + ok)
             clips = after["inference_count"] - before["inference_count"]
             execs = after["execution_count"] - before["execution_count"]
             report["server_batching"] = {"inference_count": clips, "execution_count": execs,

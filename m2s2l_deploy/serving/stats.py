@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
+from typing import Callable
 
 _METRIC = re.compile(r'^(nv_inference_count|nv_inference_exec_count|nv_inference_request_success|'
                      r'nv_inference_request_failure)\{([^}]*)\}\s+([0-9.eE+-]+)\s*$')
@@ -64,3 +66,23 @@ def delta(after: dict, before: dict) -> dict:
     out["batch_sizes"] = {k: v for k, v in sizes.items() if v}
     out["max_batch_seen"] = max((int(k) for k in out["batch_sizes"]), default=0)
     return out
+
+
+def _clips_counted(summary: dict) -> int:
+    """Clips the server has counted: in both views when ``summary`` has both."""
+    clips = summary["inference_count"]
+    if "batch_sizes" in summary:
+        clips = min(clips, sum(int(k) * v for k, v in summary["batch_sizes"].items()))
+    return clips
+
+
+def settled(read: Callable[[], dict], clips: int, timeout_s: float = 5.0, poll_s: float = 0.1) -> dict:
+    """``read()`` (``read_metrics`` or ``batching_summary``) once the server has counted ``clips``
+    clips in all, or after ``timeout_s``: Triton updates its counters just after it answers, so a
+    read right after the last answer can miss it on a loaded machine."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        summary = read()
+        if _clips_counted(summary) >= clips or time.monotonic() >= deadline:
+            return summary
+        time.sleep(poll_s)
