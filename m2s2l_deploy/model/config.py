@@ -69,7 +69,7 @@ class ModelConfig:
 
 
 # The presets' noise floor for the background component: 4 grey levels of 255. A camera's empty scene
-# drifts with the light by a few grey levels over a day (UCSD Ped2: the test videos' median frames differ
+# moves by a few grey levels as the light changes (UCSD Ped2: the test videos' median frames differ
 # from the training median by 1-3 levels at the median pixel); a parked object differs by tens.
 BACKGROUND_FLOOR = 4 / 127.5
 

@@ -27,9 +27,10 @@ normal and its motion is smooth; the speed head is trained to tell strides apart
 Models with ``score_background`` (the presets) add a last component, the still foreground
 (``still_foreground``): the target's squared distance from the camera's empty scene (the appearance
 head's prior, the training footage's median) where nothing in the clip moves nearby, pooled like
-the error maps; differences below a noise floor (presets: 4 grey levels) do not count, so the light's
-drift over a day does not. A next-frame predictor forgets an object that arrived and stayed once it is in the
-history; this component does not, and moving objects are gated out, so walkers do not count.
+the error maps; differences below a noise floor (presets: 4 grey levels) do not count, so slow
+changes of the light do not. A next-frame predictor forgets an object that arrived and stayed once
+it is in the history; this component does not, and moving objects are gated out, so walkers do not
+count.
 
 The frame score standardises each component with its mean/std on held-out normal footage and
 takes their weighted soft maximum (``combine``), weights (1, 1, 1) = "quality-aware"; ablations
@@ -152,8 +153,8 @@ def still_foreground(clip, background, spread: int = STILL_SPREAD, tau: float = 
     this map remembers what the scene looks like when empty. Stillness is gated softly: 1 where the
     largest frame-to-frame change within ``spread`` pixels is 0, falling to 0 at ``tau``, so the
     uniform inside of a slow walker, whose edges move, does not count as a parked object. The
-    ``floor`` (per pixel and channel, in [-1, 1] units) absorbs the light's slow drift, which moves
-    the whole scene by a few grey levels, where a parked object differs by tens."""
+    ``floor`` (per pixel and channel, in [-1, 1] units) absorbs slow changes of the light, which
+    move the scene by a few grey levels, where a parked object differs by tens."""
     moved = (clip[:, 1:] - clip[:, :-1]).abs().mean(dim=2).amax(dim=1, keepdim=True)
     moved = F.max_pool2d(moved, spread, stride=1, padding=spread // 2)
     still = (1.0 - moved / tau).clamp(min=0.0)
