@@ -1,7 +1,12 @@
-"""Shared by the CLI-driving tests: run the CLI in a subprocess, check the one-line error contract."""
+"""Shared by the CLI-driving tests: run the CLI in a subprocess, check the one-line error contract,
+load a benchmark script as a module."""
 
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def run_cli(*args, cwd=None):
@@ -17,3 +22,11 @@ def assert_user_error(proc, *needles):
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

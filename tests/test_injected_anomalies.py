@@ -1,20 +1,13 @@
 """The real-footage benchmark's injected events: labels agree with what was drawn into the frames."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "injected_anomalies.py"
+from cli_helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def injected():
-    spec = importlib.util.spec_from_file_location("injected_anomalies", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("injected_anomalies")
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,16 @@
 """The Ped2 development sets: built from training videos only, read by the toolkit, bad input refused."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from cli_helpers import load_benchmark
 
 from m2s2l_deploy.data import open_dataset
 from m2s2l_deploy.errors import UserError
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def ped2_dev():
-    spec = importlib.util.spec_from_file_location("ped2_dev", BENCH / "ped2_dev.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("ped2_dev")
 
 
 def _videos(n_frames=180):

@@ -1,0 +1,147 @@
+"""Re-score trained models with other score settings, on development data: how the background
+component's noise floor and the fusion temperature were chosen (docs/results.md).
+
+The score is not part of the training loss, so a trained model's per-frame components can be
+recombined under any floor and temperature without retraining. For each (checkpoint, labelled
+data) pair this computes the components once per lighting shift (grey levels added to the test
+videos only, as when the light changes after training; the held-out calibration video stays as
+it is), recalibrates each setting on that held-out video as `train` does, and prints micro /
+macro AUC (paper protocol) and causal micro AUC per setting, the mean over pairs.
+
+    python benchmarks/score_study.py --pair RUN_A DEV_A --pair RUN_B DEV_B --shifts 0 3 -3 \\
+        --floors 0 2 4 6 --taus 0.5 4 --json runs/score-study.json
+
+Use it on development sets only (benchmarks/ped2_dev.py, synthetic scenes of development seeds):
+a setting picked on a report set is not evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]
+from m2s2l_deploy.contract import prepare_frames, sliding_clips  # noqa: E402
+from m2s2l_deploy.data import open_dataset  # noqa: E402
+from m2s2l_deploy.errors import UserError  # noqa: E402
+from m2s2l_deploy.files import atomic_write_json  # noqa: E402
+from m2s2l_deploy.jobs.train import load_training_data  # noqa: E402
+from m2s2l_deploy.model import M2S2L, scoring  # noqa: E402
+from m2s2l_deploy.model.checkpoint import load_checkpoint  # noqa: E402
+from m2s2l_deploy.report import metrics  # noqa: E402
+
+
+@torch.no_grad()
+def components(model: M2S2L, frames: np.ndarray, floors: list[float], batch: int = 32) -> np.ndarray:
+    """(N, K - 1 + len(floors)): the model's components but the background one, then the background
+    component at each floor (grey levels); the first clip's values fill its first frames, as
+    `evaluate` does."""
+    clip_len = model.cfg.clip_len
+    scene = torch.tanh(model.appearance_prior)
+    cfg = model.cfg
+    rows = []
+    idx = sliding_clips(len(frames), clip_len)
+    for s in range(0, len(idx), batch):
+        clip = torch.from_numpy(frames[idx[s:s + batch]])
+        learned = model.outputs(clip)["components"][:, :-1]
+        bg = [scoring.pooled_db(scoring.still_foreground(clip, scene, floor=f / 127.5), cfg.score_window,
+                                cfg.score_stride, cfg.score_whole_frame) for f in floors]
+        rows.append(torch.cat([learned, torch.stack(bg, dim=1)], dim=1).numpy())
+    out = np.concatenate(rows)
+    return np.concatenate([np.repeat(out[:1], clip_len - 1, axis=0), out])
+
+
+def pair_components(run: Path, data: Path, shifts: list[float], floors: list[float]) -> dict:
+    """The per-frame components of one model on its held-out video and on ``data``'s labelled test
+    videos under each shift."""
+    ck = load_checkpoint(run)
+    cfg = dataclasses.replace(ck.model_config, score_background=True)
+    model = M2S2L(cfg)
+    model.load_state_dict({k: v for k, v in ck.state.items() if k not in ("score_mean", "score_std", "score_weights")},
+                          strict=False)
+    model.eval()
+    train = ck.info.get("training", {})
+    if "data_root" not in train or not Path(train["data_root"]).exists():
+        raise UserError(f"{run}: its training footage ({train.get('data_root')}) is needed for the held-out video")
+    kw = {k: v for k, v in ck.contract.to_dict().items() if k not in ("height", "width", "channels", "fps")}
+    cal_data, contract = load_training_data(train["data_root"], train["layout"], kw, cfg.preset,
+                                            str(ck.contract.channels), log=lambda _: None)
+    tests = [v for v in open_dataset(data, "auto").test if v.labels is not None]
+    if not tests:
+        raise UserError(f"{data} has no labelled test videos")
+    held_out = np.concatenate([components(model, f, floors)[cfg.clip_len - 1:] for _, f in cal_data.calibration])
+    test = {}
+    for shift in shifts:
+        test[shift] = {}
+        for v in tests:
+            raw = v.load()
+            if shift:
+                raw = np.clip(raw.astype(np.float32) + shift, 0, 255).astype(np.uint8)
+            test[shift][v.name] = (components(model, prepare_frames(raw, contract), floors), np.asarray(v.labels))
+    return {"held_out": held_out, "test": test}
+
+
+def aucs(comps: dict, held_out: np.ndarray, columns: list[int], tau: float) -> dict:
+    """Recalibrate on the held-out video (mean, std per component) and fuse at ``tau``."""
+    mean, std = held_out[:, columns].mean(0), np.maximum(held_out[:, columns].std(0, ddof=1), 1e-3)
+    w = torch.ones(len(columns), dtype=torch.float64)
+    causal = {n: scoring.combine(torch.from_numpy(c[:, columns]).double(), torch.from_numpy(mean),
+                                 torch.from_numpy(std), w, tau).numpy() for n, (c, _) in comps.items()}
+    labels = {n: lab for n, (_, lab) in comps.items()}
+    paper = metrics.frame_auc({n: metrics.minmax_per_video(s) for n, s in causal.items()}, labels)
+    return {"auc_micro": paper["auc_micro"], "auc_macro": paper["auc_macro"],
+            "auc_micro_causal": metrics.frame_auc(causal, labels)["auc_micro"]}
+
+
+def study(pairs: list[tuple[Path, Path]], shifts: list[float], floors: list[float], taus: list[float]) -> dict:
+    """{setting: {shift: mean AUCs over the pairs}} with setting "floor F, tau T"."""
+    per_pair = [pair_components(r, d, shifts, floors) for r, d in pairs]
+    n_learned = per_pair[0]["held_out"].shape[1] - len(floors)
+    results = {}
+    for fi, floor in enumerate(floors):
+        for tau in taus:
+            cols = list(range(n_learned)) + [n_learned + fi]
+            row = {}
+            for shift in shifts:
+                each = [aucs(p["test"][shift], p["held_out"], cols, tau) for p in per_pair]
+                row[f"{shift:+g}"] = {k: float(np.mean([e[k] for e in each])) for k in each[0]}
+            results[f"floor {floor:g}, tau {tau:g}"] = row
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pair", nargs=2, action="append", metavar=("RUN", "DATA"), required=True,
+                    help="a trained checkpoint and labelled development data (repeat for more)")
+    ap.add_argument("--shifts", type=float, nargs="+", default=[0.0], help="grey levels added to the test videos")
+    ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 4.0], help="background floors, grey levels")
+    ap.add_argument("--taus", type=float, nargs="+", default=[0.5, 4.0], help="fusion temperatures")
+    ap.add_argument("--json", type=Path, help="write the table as JSON")
+    args = ap.parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        if any(t <= 0 for t in args.taus) or any(f < 0 for f in args.floors):
+            raise UserError("--taus must be > 0 and --floors >= 0")
+        results = study([(Path(r), Path(d)) for r, d in args.pair], args.shifts, args.floors, args.taus)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    shifts = list(next(iter(results.values())))
+    print("| setting | " + " | ".join(f"shift {s}: micro / macro (causal)" for s in shifts) + " |")
+    print("| --- |" + " --- |" * len(shifts))
+    for name, row in results.items():
+        print(f"| {name} | " + " | ".join(f"{r['auc_micro']:.3f} / {r['auc_macro']:.3f} ({r['auc_micro_causal']:.3f})"
+                                       for r in row.values()) + " |")
+    if args.json:
+        atomic_write_json(args.json, {"pairs": args.pair, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
