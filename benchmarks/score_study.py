@@ -124,7 +124,6 @@ def main(argv=None) -> int:
     ap.add_argument("--taus", type=float, nargs="+", default=[0.5, 4.0], help="fusion temperatures")
     ap.add_argument("--json", type=Path, help="write the table as JSON")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
         if any(t <= 0 for t in args.taus) or any(f < 0 for f in args.floors):
             raise UserError("--taus must be > 0 and --floors >= 0")

@@ -6,6 +6,7 @@ At the checkpoint's own floor and temperature, with no lighting shift, the study
 import json
 
 import pytest
+import torch
 from cli_helpers import load_benchmark
 
 from m2s2l_deploy.model.config import BACKGROUND_FLOOR, SCORE_TAU
@@ -22,6 +23,7 @@ def test_own_setting_reproduces_evaluate(score_study, trained_run, scene_test, e
     out = tmp_path / "study.json"
     assert score_study.main(["--pair", str(trained_run), str(scene_test), "--shifts", "0", "6",
                              "--floors", "0", f"{floor!r}", "--taus", "0.5", str(SCORE_TAU), "--json", str(out)]) == 0
+    assert torch.is_grad_enabled()          # it leaves the process's autograd mode as it found it
     results = json.loads(out.read_text())["results"]
     own = results[f"floor {floor:g}, tau {SCORE_TAU:g}"]["+0"]
     assert own["auc_micro"] == pytest.approx(eval_report["auc_micro"], abs=1e-6)
