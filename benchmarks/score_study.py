@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT)]
 from m2s2l_deploy.contract import prepare_frames, sliding_clips  # noqa: E402
 from m2s2l_deploy.data import open_dataset  # noqa: E402
 from m2s2l_deploy.errors import UserError  # noqa: E402
-from m2s2l_deploy.files import atomic_write_json  # noqa: E402
+from m2s2l_deploy.files import atomic_write_json, output_path  # noqa: E402
 from m2s2l_deploy.jobs.train import load_training_data  # noqa: E402
 from m2s2l_deploy.model import M2S2L, scoring  # noqa: E402
 from m2s2l_deploy.model.checkpoint import load_checkpoint  # noqa: E402
@@ -43,15 +43,12 @@ def components(model: M2S2L, frames: np.ndarray, floors: list[float], batch: int
     component at each floor (grey levels); the first clip's values fill its first frames, as
     `evaluate` does."""
     clip_len = model.cfg.clip_len
-    scene = torch.tanh(model.appearance_prior)
-    cfg = model.cfg
     rows = []
     idx = sliding_clips(len(frames), clip_len)
     for s in range(0, len(idx), batch):
         clip = torch.from_numpy(frames[idx[s:s + batch]])
         learned = model.outputs(clip)["components"][:, :-1]
-        bg = [scoring.pooled_db(scoring.still_foreground(clip, scene, floor=f / 127.5), cfg.score_window,
-                                cfg.score_stride, cfg.score_whole_frame) for f in floors]
+        bg = [model.background_component(clip, floor=f / 127.5) for f in floors]
         rows.append(torch.cat([learned, torch.stack(bg, dim=1)], dim=1).numpy())
     out = np.concatenate(rows)
     return np.concatenate([np.repeat(out[:1], clip_len - 1, axis=0), out])
@@ -76,14 +73,12 @@ def pair_components(run: Path, data: Path, shifts: list[float], floors: list[flo
     if not tests:
         raise UserError(f"{data} has no labelled test videos")
     held_out = np.concatenate([components(model, f, floors)[cfg.clip_len - 1:] for _, f in cal_data.calibration])
-    test = {}
-    for shift in shifts:
-        test[shift] = {}
-        for v in tests:
-            raw = v.load()
-            if shift:
-                raw = np.clip(raw.astype(np.float32) + shift, 0, 255).astype(np.uint8)
-            test[shift][v.name] = (components(model, prepare_frames(raw, contract), floors), np.asarray(v.labels))
+    test = {shift: {} for shift in shifts}
+    for v in tests:                          # each video read once, shifted as often as asked
+        raw = v.load()
+        for shift in shifts:
+            shifted = np.clip(raw.astype(np.float32) + shift, 0, 255).astype(np.uint8) if shift else raw
+            test[shift][v.name] = (components(model, prepare_frames(shifted, contract), floors), np.asarray(v.labels))
     return {"held_out": held_out, "test": test}
 
 
@@ -102,14 +97,15 @@ def aucs(comps: dict, held_out: np.ndarray, columns: list[int], tau: float) -> d
 def study(pairs: list[tuple[Path, Path]], shifts: list[float], floors: list[float], taus: list[float]) -> dict:
     """{setting: {shift: mean AUCs over the pairs}} with setting "floor F, tau T"."""
     per_pair = [pair_components(r, d, shifts, floors) for r, d in pairs]
-    n_learned = per_pair[0]["held_out"].shape[1] - len(floors)
     results = {}
     for fi, floor in enumerate(floors):
         for tau in taus:
-            cols = list(range(n_learned)) + [n_learned + fi]
             row = {}
             for shift in shifts:
-                each = [aucs(p["test"][shift], p["held_out"], cols, tau) for p in per_pair]
+                each = []
+                for p in per_pair:     # models may differ in their learned components (no speed head)
+                    n_learned = p["held_out"].shape[1] - len(floors)
+                    each.append(aucs(p["test"][shift], p["held_out"], list(range(n_learned)) + [n_learned + fi], tau))
                 row[f"{shift:+g}"] = {k: float(np.mean([e[k] for e in each])) for k in each[0]}
             results[f"floor {floor:g}, tau {tau:g}"] = row
     return results
@@ -127,6 +123,7 @@ def main(argv=None) -> int:
     try:
         if any(t <= 0 for t in args.taus) or any(f < 0 for f in args.floors):
             raise UserError("--taus must be > 0 and --floors >= 0")
+        output_path(args.json, "--json", (".json",))      # refused before the slow work
         results = study([(Path(r), Path(d)) for r, d in args.pair], args.shifts, args.floors, args.taus)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -138,7 +135,11 @@ def main(argv=None) -> int:
         print(f"| {name} | " + " | ".join(f"{r['auc_micro']:.3f} / {r['auc_macro']:.3f} ({r['auc_micro_causal']:.3f})"
                                        for r in row.values()) + " |")
     if args.json:
-        atomic_write_json(args.json, {"pairs": args.pair, "results": results})
+        try:
+            atomic_write_json(args.json, {"pairs": args.pair, "results": results})
+        except OSError as e:
+            print(f"error: cannot write {args.json}: {e.strerror}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -40,3 +40,6 @@ def test_bad_input_is_one_line(score_study, tmp_path, capsys):
     assert err.startswith("error:") and "\n" not in err
     assert score_study.main(["--pair", str(tmp_path), str(tmp_path), "--taus", "0"]) == 1
     assert "--taus must be > 0" in capsys.readouterr().err
+    (tmp_path / "out.json").mkdir()
+    assert score_study.main(["--pair", str(tmp_path), str(tmp_path), "--json", str(tmp_path / "out.json")]) == 1
+    assert "is a folder" in capsys.readouterr().err           # refused before any model is read

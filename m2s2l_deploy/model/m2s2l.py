@@ -180,10 +180,12 @@ class M2S2L(nn.Module):
         out = self.outputs(clip)
         return tuple(out[name] for name in OUTPUT_NAMES)
 
-    def background_component(self, clip):
+    def background_component(self, clip, floor: float | None = None):
         """(B,) the still-foreground score component (``scoring.still_foreground``) in dB. It reads
-        the clip and the empty scene only, no trained weight."""
-        still = scoring.still_foreground(clip, torch.tanh(self.appearance_prior), floor=self.cfg.background_floor)
+        the clip and the empty scene only, no trained weight. ``floor``: another noise floor than
+        the config's (benchmarks/score_study.py compares them on the same model)."""
+        floor = self.cfg.background_floor if floor is None else floor
+        still = scoring.still_foreground(clip, torch.tanh(self.appearance_prior), floor=floor)
         return scoring.pooled_db(still, self.cfg.score_window, self.cfg.score_stride, self.cfg.score_whole_frame)
 
     @torch.no_grad()
