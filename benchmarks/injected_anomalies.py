@@ -41,11 +41,29 @@ from m2s2l_deploy.files import atomic_write_json  # noqa: E402
 TITLE = "## Real footage with injected anomalies: measured by benchmarks/injected_anomalies.py"
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "vtest.avi"
 EVENT_START, EVENT_LEN = 20, 20          # output frames before the event / frames of the sped-up part
-SPEEDUP = 3
 PARTS = ("appearance-only", "motion-only", "speed-only", "background-only")   # evaluate's ablation, micro AUC
-# source frames each test video consumes, in order, from the footage's unseen tail
-TEST_SOURCE = {"speedup": EVENT_START * 2 + EVENT_LEN * SPEEDUP, "static_object": 70, "fast_object": 70,
-               "large_object": 70}
+EVENTS = ("speedup", "static_object", "fast_object", "large_object")
+# How strong each event is: the speed-up factor, the crate's side and the cart's height and length
+# as divisors of the frame's (crate 10: a tenth of the frame), the rider's speed in px/frame at the
+# working size. This benchmark uses "standard"; "subtle" (benchmarks/ped2_dev.py --events subtle)
+# makes development sets on which a model does not find every event in every video, so that they
+# can tell two models apart.
+STRENGTHS = {
+    "standard": {"speedup": 3, "crate": 10, "cart": (8, 4), "rider_speed": 25.0},
+    "subtle": {"speedup": 2, "crate": 16, "cart": (12, 6), "rider_speed": 8.0},
+}
+SPEEDUP = STRENGTHS["standard"]["speedup"]
+
+
+def source_frames(kind: str, strength: str = "standard") -> int:
+    """Source frames one test video of ``kind`` consumes (a speed-up consumes more than it shows)."""
+    if kind == "speedup":
+        return EVENT_START * 2 + EVENT_LEN * STRENGTHS[strength]["speedup"]
+    return 70
+
+
+# source frames each test video of this benchmark consumes, in order, from the footage's unseen tail
+TEST_SOURCE = {kind: source_frames(kind) for kind in EVENTS}
 
 
 def half_size(frames: np.ndarray) -> np.ndarray:
@@ -101,17 +119,20 @@ def _moving(src: np.ndarray, sprite: np.ndarray, y: int, speed: float, rng) -> t
     return frames, labels
 
 
-def inject(kind: str, src: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """One test video of ``kind`` made from the consecutive source frames ``src``: (frames, 0/1 labels)."""
+def inject(kind: str, src: np.ndarray, rng, strength: str = "standard") -> tuple[np.ndarray, np.ndarray]:
+    """One test video of ``kind`` made from the consecutive source frames ``src`` (``source_frames``
+    of them), at the event ``strength`` of STRENGTHS: (frames, 0/1 labels)."""
     h, w = src.shape[1:3]
+    st = STRENGTHS[strength]
     if kind == "speedup":
-        fast_from, fast_to = EVENT_START, EVENT_START + EVENT_LEN * SPEEDUP
-        idx = [*range(fast_from), *range(fast_from, fast_to, SPEEDUP), *range(fast_to, fast_to + EVENT_START)]
-        labels = np.zeros(len(idx), np.uint8)   # the frames that arrive SPEEDUP source frames after the last
+        k = st["speedup"]
+        fast_from, fast_to = EVENT_START, EVENT_START + EVENT_LEN * k
+        idx = [*range(fast_from), *range(fast_from, fast_to, k), *range(fast_to, fast_to + EVENT_START)]
+        labels = np.zeros(len(idx), np.uint8)   # the frames that arrive k source frames after the last
         labels[EVENT_START + 1:EVENT_START + EVENT_LEN + 1] = 1
         return src[idx].copy(), labels
     if kind == "static_object":
-        crate = _crate(h // 10, w // 10)
+        crate = _crate(h // st["crate"], w // st["crate"])
         x = int(rng.integers(w // 4, w * 3 // 4 - crate.shape[1]))
         y = int(rng.integers(h // 2, h * 3 // 4))
         frames, labels = src.copy(), np.zeros(len(src), np.uint8)
@@ -120,9 +141,10 @@ def inject(kind: str, src: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
             labels[i] = 1
         return frames, labels
     if kind == "fast_object":
-        return _moving(src, _rider(h // 6, h // 14), int(rng.integers(h // 3, h * 2 // 3)), 25.0, rng)
+        return _moving(src, _rider(h // 6, h // 14), int(rng.integers(h // 3, h * 2 // 3)), st["rider_speed"], rng)
     if kind == "large_object":
-        return _moving(src, _cart(h // 8, w // 4), int(rng.integers(h // 3, h * 2 // 3)), 2.0, rng)
+        ch, cw = st["cart"]
+        return _moving(src, _cart(h // ch, w // cw), int(rng.integers(h // 3, h * 2 // 3)), 2.0, rng)
     raise ValueError(kind)
 
 

@@ -19,12 +19,28 @@ def footage():
     return frames
 
 
-def test_speedup_labels_the_frames_that_skip_source_frames(injected, footage):
-    video, labels = injected.inject("speedup", footage[:injected.TEST_SOURCE["speedup"]], np.random.default_rng(0))
+@pytest.mark.parametrize("strength,factor", [("standard", 3), ("subtle", 2)])
+def test_speedup_labels_the_frames_that_skip_source_frames(injected, footage, strength, factor):
+    n = injected.source_frames("speedup", strength)
+    video, labels = injected.inject("speedup", footage[:n], np.random.default_rng(0), strength)
     index = video[:, 0, 0, 0].astype(int)
     step = np.diff(index, prepend=index[0] - 1)
     np.testing.assert_array_equal(labels, (step > 1).astype(np.uint8))   # skipped source frames <=> labelled
-    assert labels.sum() == injected.EVENT_LEN and set(step[step > 1]) == {injected.SPEEDUP}
+    assert labels.sum() == injected.EVENT_LEN and set(step[step > 1]) == {factor}
+    assert index[-1] == n - 1                                             # every source frame it asked for is reached
+
+
+def test_subtle_objects_are_smaller_or_slower(injected, footage):
+    """The subtle strength draws a smaller crate and cart and a slower rider than the benchmark's."""
+    def drawn(kind, strength):
+        video, labels = injected.inject(kind, footage[:70], np.random.default_rng(0), strength)
+        changed = (video != footage[:70]).any(axis=-1).reshape(70, -1).sum(axis=1)
+        return changed.max(), int(labels.sum())
+    for kind in ("static_object", "large_object"):
+        assert drawn(kind, "subtle")[0] < 0.5 * drawn(kind, "standard")[0]      # a smaller area
+    # the same rider, slower: on screen for more frames
+    assert drawn("fast_object", "subtle")[1] > 2 * drawn("fast_object", "standard")[1]
+    assert injected.TEST_SOURCE == {k: injected.source_frames(k) for k in injected.EVENTS}
 
 
 @pytest.mark.parametrize("kind", ["static_object", "fast_object", "large_object"])

@@ -24,10 +24,11 @@ def _videos(n_frames=180):
     return out
 
 
-@pytest.mark.parametrize("split", ["A", "B"])
-def test_split_layout_is_read_by_the_toolkit(ped2_dev, tmp_path, split):
+@pytest.mark.parametrize("split,events", [("A", "standard"), ("B", "standard"), ("B", "subtle")])
+def test_split_layout_is_read_by_the_toolkit(ped2_dev, tmp_path, split, events):
     plan = ped2_dev.SPLITS[split]
-    summary = ped2_dev.build_split(_videos(), split, tmp_path)
+    summary = ped2_dev.build_split(_videos(), split, tmp_path, events)
+    assert summary["events"] == events
     ds = open_dataset(tmp_path)
     assert [v.name for v in ds.train] == [f"{v:02d}" for v in plan["train"]]
     assert [(int(e["source"]), e["event"]) for e in summary["testing"]] == list(plan["test"])
@@ -48,3 +49,12 @@ def test_missing_or_short_videos_are_refused(ped2_dev, tmp_path):
         ped2_dev.build_split(videos, "A", tmp_path / "a")
     with pytest.raises(UserError, match="too few"):
         ped2_dev.build_split(_videos(n_frames=120), "A", tmp_path / "b")
+
+
+def test_an_out_folder_built_for_another_set_is_refused(ped2_dev, tmp_path):
+    ped2_dev.build_split(_videos(), "B", tmp_path / "data")
+    ped2_dev._refuse_other_set(tmp_path / "data", "B", "standard")           # the same set: reused
+    for split, events in (("B", "subtle"), ("A", "standard")):
+        with pytest.raises(SystemExit, match="holds split B with standard events"):
+            ped2_dev._refuse_other_set(tmp_path / "data", split, events)
+    ped2_dev._refuse_other_set(tmp_path / "nothing", "A", "subtle")           # nothing built yet
