@@ -52,7 +52,6 @@ STRENGTHS = {
     "standard": {"speedup": 3, "crate": 10, "cart": (8, 4), "rider_speed": 25.0},
     "subtle": {"speedup": 2, "crate": 16, "cart": (12, 6), "rider_speed": 8.0},
 }
-SPEEDUP = STRENGTHS["standard"]["speedup"]
 
 
 def source_frames(kind: str, strength: str = "standard") -> int:

@@ -92,10 +92,13 @@ def _refuse_other_set(data: Path, split: str, events: str) -> None:
     """An --out whose data was built for another split or event strength is reused by no run: one line, exit."""
     built = data / "ped2_dev.json"
     if built.exists():
-        had = json.loads(built.read_text())
-        had_events = had.get("events", "standard")        # sets built before event strengths existed
-        if (had["split"], had_events) != (split, events):
-            sys.exit(f"{data} holds split {had['split']} with {had_events} events; choose another --out")
+        try:
+            had = json.loads(built.read_text())
+            had_split, had_events = had["split"], had.get("events", "standard")   # sets built before strengths existed
+        except (ValueError, KeyError, TypeError):
+            sys.exit(f"{built} is not a development set's summary; remove {data} or choose another --out")
+        if (had_split, had_events) != (split, events):
+            sys.exit(f"{data} holds split {had_split} with {had_events} events; choose another --out")
 
 
 def main() -> None:

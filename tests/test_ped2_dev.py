@@ -58,3 +58,7 @@ def test_an_out_folder_built_for_another_set_is_refused(ped2_dev, tmp_path):
         with pytest.raises(SystemExit, match="holds split B with standard events"):
             ped2_dev._refuse_other_set(tmp_path / "data", split, events)
     ped2_dev._refuse_other_set(tmp_path / "nothing", "A", "subtle")           # nothing built yet
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "ped2_dev.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="is not a development set's summary"):
+        ped2_dev._refuse_other_set(tmp_path / "broken", "B", "standard")
