@@ -22,14 +22,18 @@ def test_own_setting_reproduces_evaluate(score_study, trained_run, scene_test, e
     floor = BACKGROUND_FLOOR * 127.5
     out = tmp_path / "study.json"
     assert score_study.main(["--pair", str(trained_run), str(scene_test), "--shifts", "0", "6",
-                             "--floors", "0", f"{floor!r}", "--taus", "0.5", str(SCORE_TAU), "--json", str(out)]) == 0
+                             "--floors", "0", f"{floor!r}", "--taus", "0.5", str(SCORE_TAU),
+                             "--spreads", "0", "1", "--json", str(out)]) == 0
     assert torch.is_grad_enabled()          # it leaves the process's autograd mode as it found it
     results = json.loads(out.read_text())["results"]
     own = results[f"floor {floor:g}, tau {SCORE_TAU:g}"]["+0"]
     assert own["auc_micro"] == pytest.approx(eval_report["auc_micro"], abs=1e-6)
     assert own["auc_micro_causal"] == pytest.approx(eval_report["auc_micro_causal"], abs=1e-6)
     assert own["auc_macro"] == pytest.approx(eval_report["auc_macro"], abs=1e-6)
-    assert len(results) == 4 and all(set(r) == {"+0", "+6"} for r in results.values())
+    assert len(results) == 8 and all(set(r) == {"+0", "+6"} for r in results.values())
+    # the between-video spread widens every std, so it reaches the causal score
+    wide = results[f"floor {floor:g}, tau {SCORE_TAU:g}, spread 1"]["+0"]
+    assert wide["auc_micro_causal"] != own["auc_micro_causal"]
     assert results["floor 0, tau 0.5"]["+6"] != results["floor 0, tau 0.5"]["+0"]   # the shift reaches the test videos
     assert "| floor 0, tau 0.5 |" in capsys.readouterr().out
 
