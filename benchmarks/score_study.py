@@ -49,20 +49,25 @@ SPREAD_CLIP_STRIDE = 4      # every 4th clip of a training video estimates its m
 
 
 @torch.no_grad()
-def components(model: M2S2L, frames: np.ndarray, floors: list[float], batch: int = 32, every: int = 1) -> np.ndarray:
-    """(N, K - 1 + len(floors)): the model's components but the background one, then the background
-    component at each floor (grey levels); the first clip's values fill its first frames, as
-    `evaluate` does. ``every`` > 1: only every so many clips, one row per clip (no filling)."""
-    clip_len = model.cfg.clip_len
+def clip_components(model: M2S2L, frames: np.ndarray, floors: list[float], every: int = 1,
+                    batch: int = 32) -> np.ndarray:
+    """(clips, K - 1 + len(floors)), one row per ``every``-th clip: the model's components but the
+    background one, then the background component at each floor (grey levels)."""
     rows = []
-    idx = sliding_clips(len(frames), clip_len)[::every]
+    idx = sliding_clips(len(frames), model.cfg.clip_len)[::every]
     for s in range(0, len(idx), batch):
         clip = torch.from_numpy(frames[idx[s:s + batch]])
         learned = model.outputs(clip)["components"][:, :-1]
         bg = [model.background_component(clip, floor=f / 127.5) for f in floors]
         rows.append(torch.cat([learned, torch.stack(bg, dim=1)], dim=1).numpy())
-    out = np.concatenate(rows)
-    return out if every > 1 else np.concatenate([np.repeat(out[:1], clip_len - 1, axis=0), out])
+    return np.concatenate(rows)
+
+
+def components(model: M2S2L, frames: np.ndarray, floors: list[float]) -> np.ndarray:
+    """(N, K - 1 + len(floors)) per frame: ``clip_components`` of every clip, the first clip's values
+    filling its first frames, as `evaluate` does."""
+    out = clip_components(model, frames, floors)
+    return np.concatenate([np.repeat(out[:1], model.cfg.clip_len - 1, axis=0), out])
 
 
 def pair_components(run: Path, data: Path, shifts: list[float], floors: list[float],
@@ -85,10 +90,10 @@ def pair_components(run: Path, data: Path, shifts: list[float], floors: list[flo
     tests = [v for v in open_dataset(data, "auto").test if v.labels is not None]
     if not tests:
         raise UserError(f"{data} has no labelled test videos")
-    held_out = np.concatenate([components(model, f, floors)[cfg.clip_len - 1:] for _, f in cal_data.calibration])
+    held_out = np.concatenate([clip_components(model, f, floors) for _, f in cal_data.calibration])
     video_means = None
     if between:
-        video_means = np.stack([components(model, f, floors, every=SPREAD_CLIP_STRIDE).mean(0) for f in cal_data.frames]
+        video_means = np.stack([clip_components(model, f, floors, SPREAD_CLIP_STRIDE).mean(0) for f in cal_data.frames]
                                + [held_out.mean(0)])
     test = {shift: {} for shift in shifts}
     for v in tests:                          # each video read once, shifted as often as asked
