@@ -1,7 +1,9 @@
 """Train M2S2L on normal footage, then calibrate the score on held-out normal footage.
 
-Losses: MSE of the appearance head (target frame), ``motion_weight`` x MSE of the motion head
-(target minus previous frame), ``decor_weight`` x the appearance/motion decorrelation loss.
+Losses: MSE of the appearance head (target frame, foreground-weighted), ``grad_weight`` x the
+L1 difference of its image gradients, ``motion_weight`` x MSE of the motion head (target minus
+previous frame), ``decor_weight`` x the appearance/motion decorrelation loss, and with a speed
+head ``speed_weight`` x its stride cross-entropy.
 The last training video (or the last 20% of frames when there is only one) is held out: after
 training, the score components' mean/std there become the model's score buffers and its
 ``threshold_quantile`` quantile of frame scores becomes the alert threshold (causal protocol).
@@ -51,6 +53,7 @@ class TrainOptions:
     motion_weight: float = 2.0
     fg_weight: float = 10.0         # foreground emphasis of the appearance loss (0 = plain MSE)
     decor_weight: float = 0.1
+    grad_weight: float = 1.0        # image-gradient term of the appearance loss (0 = none)
     speed_weight: float = 0.5       # weight of the speed head's stride cross-entropy (models with one)
     fast_share: float = 0.5         # share of each batch played faster than real time (models with a speed head)
     channels: str = "auto"          # auto | 1 | 3
@@ -131,6 +134,16 @@ def background_of(frames: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.median(stack, axis=0).astype(np.float32))
 
 
+def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean | |d pred| - |d target| | over horizontal and vertical neighbour differences. A squared
+    error is minimised by a blurred walker (the mean of where it may be); edges that must match
+    keep predicted figures sharp, so a normal walker's error stays small and an unseen shape's
+    does not (future-frame prediction's gradient loss, Liu et al., CVPR 2018)."""
+    def d(x, dim):
+        return (x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)).abs()
+    return sum((d(pred, dim) - d(target, dim)).abs().mean() for dim in (-1, -2))
+
+
 def training_loss(model: M2S2L, clips: torch.Tensor, opts: TrainOptions, background: torch.Tensor | None = None,
                   strides: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Weighted MSEs. With a background, appearance pixels are weighted 1 + fg_weight*|target - bg|:
@@ -151,6 +164,10 @@ def training_loss(model: M2S2L, clips: torch.Tensor, opts: TrainOptions, backgro
     dec = decorrelation_loss(out["streams"])
     loss = app + opts.motion_weight * mot + opts.decor_weight * dec
     parts = {"app": app.item(), "motion": mot.item(), "decor": dec.item()}
+    if opts.grad_weight > 0:
+        grad = gradient_loss(out["pred_frame"], out["target"])
+        loss = loss + opts.grad_weight * grad
+        parts["grad"] = grad.item()
     if strides is not None and "speed_logits" in out["streams"]:
         logits = out["streams"]["speed_logits"]                                  # (B, h, w, K)
         target = (strides.to(logits.device) - 1).view(-1, 1, 1).expand(logits.shape[:3])
