@@ -53,7 +53,7 @@ class TrainOptions:
     motion_weight: float = 2.0
     fg_weight: float = 10.0         # foreground emphasis of the appearance loss (0 = plain MSE)
     decor_weight: float = 0.1
-    grad_weight: float = 1.0        # image-gradient term of the appearance loss (0 = none)
+    grad_weight: float = 0.0        # image-gradient term of the appearance loss (0 = none; docs/results.md)
     speed_weight: float = 0.5       # weight of the speed head's stride cross-entropy (models with one)
     fast_share: float = 0.5         # share of each batch played faster than real time (models with a speed head)
     channels: str = "auto"          # auto | 1 | 3
