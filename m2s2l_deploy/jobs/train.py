@@ -139,9 +139,7 @@ def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     error is minimised by a blurred walker (the mean of where it may be); edges that must match
     keep predicted figures sharp, so a normal walker's error stays small and an unseen shape's
     does not (future-frame prediction's gradient loss, Liu et al., CVPR 2018)."""
-    def d(x, dim):
-        return (x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)).abs()
-    return sum((d(pred, dim) - d(target, dim)).abs().mean() for dim in (-1, -2))
+    return sum((torch.diff(pred, dim=dim).abs() - torch.diff(target, dim=dim).abs()).abs().mean() for dim in (-1, -2))
 
 
 def training_loss(model: M2S2L, clips: torch.Tensor, opts: TrainOptions, background: torch.Tensor | None = None,
