@@ -65,3 +65,43 @@ def test_dataset_layout_is_read_by_the_toolkit(injected, tmp_path):
     assert len(ds.test) == 4 and sum(len(v.load()) for v in ds.train) == 160
     for v, e in zip(ds.test, summary["testing"]):
         assert len(v.labels) == e["frames"] and int(v.labels.sum()) == e["anomalous"]
+
+
+def _walkway(n=70, h=96, w=128, x0=10):
+    """A plain grey scene with one dark upright 'walker' (18 x 6 pixels, a lighter head) walking
+    right at 1 px/frame."""
+    frames = np.full((n, h, w, 3), 120, np.uint8)
+    for i in range(n):
+        frames[i, 40:58, x0 + i:x0 + i + 6] = 30
+        frames[i, 40:43, x0 + i + 1:x0 + i + 5] = 200
+    return frames
+
+
+@pytest.mark.parametrize("strength", ["standard", "subtle"])
+def test_glider_is_a_walker_of_the_footage_moving_too_fast(injected, strength):
+    """The development sets' glider: the footage's own walker, cut out and moved across at its own
+    height at the strength's speed; labelled once a fifth of it is in view."""
+    src = _walkway()
+    video, labels = injected.inject("glider", src, np.random.default_rng(0), strength)
+    speed = injected.STRENGTHS[strength]["glider_speed"]
+    drawn = np.abs(video.astype(int) - src.astype(int)).max(axis=-1) > 0
+    assert not drawn[:injected.EVENT_START].any() and labels[:injected.EVENT_START].sum() == 0
+    cols = [np.nonzero(drawn[i].any(axis=0))[0] for i in range(len(src))]
+    rows = np.nonzero(drawn.any(axis=(0, 2)))[0]
+    assert rows.min() >= 40 and rows.max() <= 57                       # at the walker's own height
+    # fully in view and away from the real walker: the cut-out's pixels are the walker's
+    seen = [i for i in range(len(src)) if len(cols[i]) and 0 < cols[i].min() and cols[i].max() < 127
+            and abs(cols[i].mean() - (10 + i + 2.5)) > 12]
+    assert len(seen) >= 5
+    i = seen[len(seen) // 2]
+    patch = video[i, 40:58][:, drawn[i, 40:58].any(axis=0)]
+    assert set(np.unique(patch)) <= {30, 200, 120}
+    step = [abs(cols[i + 1].mean() - cols[i].mean()) for i in seen if i + 1 in seen]   # next frames
+    assert len(step) >= 3 and np.allclose(step, speed, atol=1.0)
+    assert labels.sum() > 0 and (labels[injected.EVENT_START:] == (drawn[injected.EVENT_START:].sum(axis=(1, 2)) >=
+                                                                    0.2 * 18 * 6 - 1e-9)).mean() > 0.9
+
+
+def test_glider_needs_a_walker(injected):
+    with pytest.raises(ValueError, match="no walker"):
+        injected.inject("glider", np.full((70, 96, 128, 3), 120, np.uint8), np.random.default_rng(0))

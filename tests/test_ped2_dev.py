@@ -62,3 +62,27 @@ def test_an_out_folder_built_for_another_set_is_refused(ped2_dev, tmp_path):
     (tmp_path / "broken" / "ped2_dev.json").write_text("{not json")
     with pytest.raises(SystemExit, match="is not a development set's summary"):
         ped2_dev._refuse_other_set(tmp_path / "broken", "B", "standard")
+
+
+def test_split_c_glides_walkers_of_its_own_source_video(ped2_dev, tmp_path):
+    """Split C: eight test videos, two per source video 13-16, each with a labelled glider that is
+    the source's own walker; the training videos are 01-12."""
+    videos = {}
+    for v in range(1, 17):
+        frames = np.full((150, 48, 64), 120, np.uint8)
+        for i in range(150):
+            x = (3 * v + i // 3) % 50
+            frames[i, 20:32, x:x + 4] = 20 + v                 # a walker whose grey level names the video
+        frames[:, 0, 0] = v
+        videos[v] = frames
+    summary = ped2_dev.build_split(videos, "C", tmp_path, "subtle")
+    ds = open_dataset(tmp_path)
+    assert [v.name for v in ds.train] == [f"{v:02d}" for v in range(1, 13)]
+    assert [int(e["source"]) for e in summary["testing"]] == [13, 13, 14, 14, 15, 15, 16, 16]
+    for v, e in zip(ds.test, summary["testing"]):
+        frames, src = v.load(), int(e["source"])
+        assert e["event"] == "glider" and int(v.labels.sum()) == e["anomalous"] > 0
+        walker = (frames[..., 0] == 20 + src)
+        # while the glider is labelled, two walkers of the source's own grey are in view
+        n_cols = walker[v.labels == 1].any(axis=1).sum(axis=1)
+        assert (n_cols > 4).mean() > 0.8 and walker.any(axis=(1, 2)).all()
