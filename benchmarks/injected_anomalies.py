@@ -52,10 +52,11 @@ STRENGTHS = {
     "standard": {"speedup": 3, "crate": 10, "cart": (8, 4), "rider_speed": 25.0, "glider_speed": 4.0},
     "subtle": {"speedup": 2, "crate": 16, "cart": (12, 6), "rider_speed": 8.0, "glider_speed": 2.5},
 }
-# ``glider`` is for development sets only (benchmarks/ped2_dev.py --split C), never this benchmark: a walker
-# cut out of the footage itself, gliding across at its own height at glider_speed px/frame (Ped2's
-# walkers move about 1 px/frame: the median optical flow of moving pixels in its training videos). It looks like everyone else and only moves too fast, as UCSD Ped2's
-# cyclists and skaters do, where the injected events above differ in look as well.
+# ``glider`` is for development sets only (benchmarks/ped2_dev.py --split C), never this benchmark:
+# a walker cut out of the footage itself, gliding across at its own height at glider_speed px/frame
+# (Ped2's walkers move about 1 px/frame: the median optical flow of moving pixels in its training
+# videos). It looks like everyone else and only moves too fast, as UCSD Ped2's cyclists and skaters
+# do, where the injected events above differ in look as well.
 
 
 def source_frames(kind: str, strength: str = "standard") -> int:
@@ -187,24 +188,46 @@ def build_dataset(frames: np.ndarray, out: Path, fps: float, seed: int = 0) -> d
     if n_train < 150:
         sys.exit(f"the video has {len(frames)} frames; at least {n_test + 150} are needed")
     rng = np.random.default_rng(seed)
-    cuts = np.linspace(0, n_train, 4).astype(int)          # three training videos; train holds the last out
-    summary = {"training": [], "testing": []}
-    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]), 1):
-        _write_frames(out / "training" / "frames" / f"{i:02d}", frames[a:b])
-        summary["training"].append({"video": f"{i:02d}", "source_frames": [int(a), int(b)]})
+    summary = {"training": write_training(out, frames, 0, n_train), "testing": []}
     start = n_train
     for i, (kind, n) in enumerate(TEST_SOURCE.items(), 1):
         video, labels = inject(kind, frames[start:start + n], rng)
         name = f"{i:02d}"
-        _write_frames(out / "testing" / "frames" / name, video)
-        (out / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
-        np.save(out / "testing" / "test_frame_mask" / f"{name}.npy", labels)
+        write_test_video(out, name, video, labels)
         summary["testing"].append({"video": name, "event": kind, "source_frames": [start, start + n],
                                    "frames": len(video), "anomalous": int(labels.sum())})
         start += n
     atomic_write_json(out / "scene.json", {"fps": fps})
     atomic_write_json(out / "injected.json", summary)
     return summary
+
+
+def write_training(out: Path, frames: np.ndarray, start: int, stop: int) -> list[dict]:
+    """Source frames [start, stop) as three consecutive training videos (training holds the last
+    out for calibration); returns what went where."""
+    cuts = np.linspace(start, stop, 4).astype(int)
+    written = []
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]), 1):
+        _write_frames(out / "training" / "frames" / f"{i:02d}", frames[a:b])
+        written.append({"video": f"{i:02d}", "source_frames": [int(a), int(b)]})
+    return written
+
+
+def write_test_video(out: Path, name: str, frames: np.ndarray, labels: np.ndarray) -> None:
+    """One labelled test video of the `frames` layout (labels in testing/test_frame_mask/<name>.npy)."""
+    _write_frames(out / "testing" / "frames" / name, frames)
+    (out / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
+    np.save(out / "testing" / "test_frame_mask" / f"{name}.npy", labels)
+
+
+def build_from_video(video: Path, data: Path, build_dataset) -> dict:
+    """Build ``data`` once from ``video`` at half size with ``build_dataset(frames, out, fps)``
+    (``_common.build_once``), and return its summary (data/injected.json)."""
+    def build(tmp: Path) -> None:
+        frames, fps = read_video(video)
+        build_dataset(half_size(frames), tmp, fps or 10.0)
+    build_once(data, "injected.json", build)
+    return json.loads((data / "injected.json").read_text())
 
 
 def _write_frames(folder: Path, frames: np.ndarray) -> None:
@@ -251,12 +274,7 @@ def main() -> None:
     log = a.out / "commands.log"
     started = first_machine(a.out, "torch")
     data = a.out / "data"
-
-    def build(tmp: Path) -> None:
-        frames, fps = read_video(a.video)
-        build_dataset(half_size(frames), tmp, fps or 10.0)
-    build_once(data, "injected.json", build)
-    summary = json.loads((data / "injected.json").read_text())
+    summary = build_from_video(a.video, data, build_dataset)
     budget = training_budget(a)
     seeds = [train_and_evaluate(data, a.out, s, budget, log) for s in a.seeds]
     n_frames = summary["training"][-1]["source_frames"][1] + sum(TEST_SOURCE.values())

@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from _common import build_once, training_budget, training_budget_args  # noqa: E402
-from injected_anomalies import STRENGTHS, _write_frames, inject, source_frames  # noqa: E402
+from injected_anomalies import STRENGTHS, _write_frames, inject, source_frames, write_test_video  # noqa: E402
 from ped2 import train_and_evaluate  # noqa: E402
 
 from m2s2l_deploy.data import open_dataset  # noqa: E402
@@ -78,15 +78,13 @@ def build_split(videos: dict[int, np.ndarray], split: str, out: Path, events: st
         _write_frames(out / "training" / "frames" / f"{v:02d}", videos[v])
     rng = np.random.default_rng(EVENT_SEED)
     used = {v: 0 for v in videos}
-    (out / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
     for i, (v, kind) in enumerate(plan["test"], 1):
         n = source_frames(kind, events)
         if used[v] + n > len(videos[v]):
             raise UserError(f"Ped2 training video {v:02d} has {len(videos[v])} frames, too few for its test videos")
         frames, labels = inject(kind, _bgr(videos[v][used[v]:used[v] + n]), rng, events)
         name = f"{i:02d}"
-        _write_frames(out / "testing" / "frames" / name, frames)
-        np.save(out / "testing" / "test_frame_mask" / f"{name}.npy", labels)
+        write_test_video(out, name, frames, labels)
         summary["testing"].append({"video": name, "event": kind, "source": f"{v:02d}",
                                    "source_frames": [used[v], used[v] + n], "anomalous": int(labels.sum())})
         used[v] += n

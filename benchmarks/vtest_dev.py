@@ -17,7 +17,6 @@ per-video AUCs. No docs are written: its numbers feed choices, which docs/result
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,28 +24,28 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from _common import build_once, training_budget, training_budget_args  # noqa: E402
-from injected_anomalies import DEFAULT_VIDEO, EVENTS, _write_frames, half_size, inject, source_frames  # noqa: E402
+from _common import training_budget, training_budget_args  # noqa: E402
+from injected_anomalies import (DEFAULT_VIDEO, EVENTS, build_from_video, inject, source_frames,  # noqa: E402
+                                write_test_video, write_training)
 from ped2 import train_and_evaluate  # noqa: E402
 
-from m2s2l_deploy.data.video import read_video  # noqa: E402
+from m2s2l_deploy.errors import DataError  # noqa: E402
 from m2s2l_deploy.files import atomic_write_json  # noqa: E402
 
 EVENT_SEED = 11          # not the report set's 0
 # test videos come from the first TEST_HEAD frames, so that training keeps as many frames as the
 # report set's (795 - 310 = 485)
 TEST_HEAD = sum(source_frames(k) for k in EVENTS)
+MIN_TRAINING = 150       # frames of normal footage after the head, as the report set asks
 
 
 def build_dataset(frames: np.ndarray, out: Path, fps: float) -> dict:
     """Training videos from the footage after its first TEST_HEAD frames; eight test videos (four
     events x two strengths) cut from those first frames."""
+    if len(frames) < TEST_HEAD + MIN_TRAINING:
+        raise DataError(f"the video has {len(frames)} frames; at least {TEST_HEAD + MIN_TRAINING} are needed")
     rng = np.random.default_rng(EVENT_SEED)
-    cuts = np.linspace(TEST_HEAD, len(frames), 4).astype(int)
-    summary = {"training": [], "testing": []}
-    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]), 1):
-        _write_frames(out / "training" / "frames" / f"{i:02d}", frames[a:b])
-        summary["training"].append({"video": f"{i:02d}", "source_frames": [int(a), int(b)]})
+    summary = {"training": write_training(out, frames, TEST_HEAD, len(frames)), "testing": []}
     i = 0
     for strength in ("standard", "subtle"):
         for kind in EVENTS:
@@ -55,9 +54,7 @@ def build_dataset(frames: np.ndarray, out: Path, fps: float) -> dict:
             start = int(rng.integers(0, TEST_HEAD - n + 1))
             video, labels = inject(kind, frames[start:start + n], rng, strength)
             name = f"{i:02d}"
-            _write_frames(out / "testing" / "frames" / name, video)
-            (out / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
-            np.save(out / "testing" / "test_frame_mask" / f"{name}.npy", labels)
+            write_test_video(out, name, video, labels)
             summary["testing"].append({"video": name, "event": kind, "strength": strength,
                                        "source_frames": [start, start + n], "anomalous": int(labels.sum())})
     atomic_write_json(out / "scene.json", {"fps": fps})
@@ -72,15 +69,9 @@ def main() -> None:
     training_budget_args(ap, minutes=15.0)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    data = a.out / "data"
-
-    def build(tmp: Path) -> None:
-        frames, fps = read_video(a.video)
-        build_dataset(half_size(frames), tmp, fps or 10.0)
-    build_once(data, "injected.json", build)
-    summary = json.loads((data / "injected.json").read_text())
+    summary = build_from_video(a.video, a.out / "data", build_dataset)
     budget = training_budget(a)
-    seeds = [train_and_evaluate(data, a.out, s, budget, a.out / "commands.log") for s in a.seeds]
+    seeds = [train_and_evaluate(a.out / "data", a.out, s, budget, a.out / "commands.log") for s in a.seeds]
     events = {e["video"]: f"{e['event']}/{e['strength']}" for e in summary["testing"]}
     for s in seeds:
         print(f"seed {s['seed']}: micro {s['auc_micro']:.3f} / causal {s['auc_micro_causal']:.3f}, frame difference "

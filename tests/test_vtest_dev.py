@@ -35,3 +35,12 @@ def test_head_is_tested_and_tail_is_trained(vtest_dev, tmp_path):
         assert int(video.labels.sum()) == e["anomalous"] > 0
     assert [(e["event"], e["strength"]) for e in summary["testing"]] == \
         [(k, s) for s in ("standard", "subtle") for k in vtest_dev.EVENTS]
+
+
+def test_too_short_footage_is_refused_before_anything_is_written(vtest_dev, tmp_path):
+    from m2s2l_deploy.errors import DataError
+
+    frames = np.zeros((vtest_dev.TEST_HEAD + vtest_dev.MIN_TRAINING - 1, 72, 96, 3), np.uint8)
+    with pytest.raises(DataError, match="at least"):
+        vtest_dev.build_dataset(frames, tmp_path / "data", 10.0)
+    assert not (tmp_path / "data").exists()
