@@ -92,6 +92,8 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert_user_error(proc, "one of --epochs, --minutes, --steps")
     proc = run_cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--steps", "0")
     assert_user_error(proc, "--steps must be >= 1")
+    proc = run_cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--steps", "1", "--clip-len", "2")
+    assert_user_error(proc, "--clip-len must be >= 3")
 
 
 def test_bad_device_is_a_one_line_error(tmp_path, small_scene):

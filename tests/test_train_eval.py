@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from m2s2l_deploy.errors import UserError
 from m2s2l_deploy.report import metrics
 from m2s2l_deploy.data import open_dataset
 from m2s2l_deploy.model.checkpoint import load_checkpoint
@@ -106,6 +107,27 @@ def test_resume_continues_steps(small_scene, tmp_path):
     assert second["steps"] == 2 * first["steps"]
     assert json.loads((run / "train_state.json").read_text())["step"] == second["steps"]
     assert load_checkpoint(run).info["training"]["steps"] == second["steps"]
+
+
+def test_clip_length_is_the_checkpoints_and_resume_keeps_it(small_scene, tmp_path):
+    """A longer clip reaches the saved contract and config, the scored frames start after its
+    history, and a resume with another length is refused rather than mixing the two."""
+    from m2s2l_deploy.contract import prepare_frames
+    from m2s2l_deploy.jobs.clip_loop import score_prepared
+    from m2s2l_deploy.runners import TorchRunner
+
+    run = tmp_path / "run"
+    train(small_scene, run, opts=TrainOptions(steps=2, batch=4, clip_len=7), log=lambda *_: None)
+    ckpt = load_checkpoint(run)
+    assert ckpt.contract.clip_len == 7 and ckpt.model_config.clip_len == 7
+    runner = TorchRunner(ckpt)
+    video = open_dataset(small_scene).test[0]
+    frames = video.load()
+    scored = score_prepared(runner, prepare_frames(frames, runner.contract))
+    assert scored.first_decidable == 6 and len(scored.frame_score) == len(frames)
+    with pytest.raises(UserError, match="--clip-len 7"):
+        train(small_scene, run, opts=TrainOptions(steps=1, batch=4, resume=True), log=lambda *_: None)
+    assert json.loads((run / "train_state.json").read_text())["step"] == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

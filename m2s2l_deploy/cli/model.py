@@ -52,6 +52,9 @@ def train(data: Path = typer.Option(..., help="Dataset root (see --dataset)."),
           seed: int = typer.Option(0),
           channels: str = typer.Option("auto", help="auto|1|3: grayscale or RGB model input."),
           resize: str = typer.Option("stretch", help="stretch|letterbox to the preset's size."),
+          clip_len: int = typer.Option(5, "--clip-len", help="Frames per clip: history + the target. Longer "
+                                       "histories find objects that move too fast a little better and cost "
+                                       "about 1.4x per step at 7 (docs/results.md: seven-frame clips)."),
           resume: bool = typer.Option(False, help="Continue the run in --out (weights and optimiser state)."),
           threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
           device: str = typer.Option("cpu", help="cpu (scans by the Numba form when Numba is installed) | cuda | cuda:N."),
@@ -64,10 +67,12 @@ def train(data: Path = typer.Option(..., help="Dataset root (see --dataset)."),
         raise UserError("--channels must be auto, 1 or 3")
     if batch < 1:
         raise UserError("--batch must be >= 1")
+    if clip_len < 3:
+        raise UserError("--clip-len must be >= 3 (at least two history frames and the target)")
     if sum(x is not None for x in (epochs, minutes, steps)) > 1:
         raise UserError("give one of --epochs, --minutes, --steps")
     opts = TrainOptions(preset=preset, epochs=epochs, minutes=minutes, steps=steps, batch=batch, lr=lr, seed=seed,
-                        channels=channels, resize=resize, resume=resume, device=device)
+                        channels=channels, resize=resize, clip_len=clip_len, resume=resume, device=device)
     set_torch_threads(threads)
     with progress() as prog:
         def factory(total_steps, budget_s):

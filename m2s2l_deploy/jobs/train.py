@@ -192,6 +192,17 @@ def _save_train_state(run_dir: Path, model, optimizer, step: int, elapsed: float
                                              "options": asdict(opts), "toolkit_version": __version__})
 
 
+def _check_resumable(run_dir: Path, opts: TrainOptions) -> None:
+    """A run continues with the clip length it started with: the weights do not fix it, the data does."""
+    try:
+        saved = json.loads((run_dir / STATE_JSON).read_text()).get("options", {})
+    except (OSError, ValueError):
+        return  # no readable state: _load_train_state or the weights-only path reports it
+    if saved.get("clip_len", 5) != opts.clip_len:
+        raise UserError(f"{run_dir} was trained with clips of {saved.get('clip_len', 5)} frames; "
+                        f"resume it with --clip-len {saved.get('clip_len', 5)}")
+
+
 def _load_train_state(run_dir: Path, model, optimizer) -> tuple[int, float]:
     try:
         meta = json.loads((run_dir / STATE_JSON).read_text())
@@ -275,6 +286,8 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to {out_dir}: {e.strerror}") from None
+    if opts.resume:
+        _check_resumable(out_dir, opts)
     device = torch_device(opts.device)
     t_job = time.perf_counter()       # --minutes covers the whole job: data preparation and calibration too
 
