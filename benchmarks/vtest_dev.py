@@ -69,9 +69,10 @@ def main() -> None:
     training_budget_args(ap, minutes=15.0)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    summary = build_from_video(a.video, a.out / "data", build_dataset)
+    data = a.out / "data"
+    summary = build_from_video(a.video, data, build_dataset)
     budget = training_budget(a)
-    seeds = [train_and_evaluate(a.out / "data", a.out, s, budget, a.out / "commands.log") for s in a.seeds]
+    seeds = [train_and_evaluate(data, a.out, s, budget, a.out / "commands.log") for s in a.seeds]
     events = {e["video"]: f"{e['event']}/{e['strength']}" for e in summary["testing"]}
     for s in seeds:
         print(f"seed {s['seed']}: micro {s['auc_micro']:.3f} / causal {s['auc_micro_causal']:.3f}, frame difference "

@@ -52,9 +52,10 @@ def train(data: Path = typer.Option(..., help="Dataset root (see --dataset)."),
           seed: int = typer.Option(0),
           channels: str = typer.Option("auto", help="auto|1|3: grayscale or RGB model input."),
           resize: str = typer.Option("stretch", help="stretch|letterbox to the preset's size."),
-          clip_len: int = typer.Option(5, "--clip-len", help="Frames per clip: history + the target. Longer "
-                                       "histories find objects that move too fast a little better and cost "
-                                       "about 1.4x per step at 7 (docs/results.md: seven-frame clips)."),
+          clip_len: int = typer.Option(5, "--clip-len", help="Frames per clip: history + the target. At 7 the "
+                                       "model finds objects that move too fast a little better, loses a little on "
+                                       "objects at walking speed and costs about 1.4x per step (docs/results.md: "
+                                       "seven-frame clips)."),
           resume: bool = typer.Option(False, help="Continue the run in --out (weights and optimiser state)."),
           threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
           device: str = typer.Option("cpu", help="cpu (scans by the Numba form when Numba is installed) | cuda | cuda:N."),

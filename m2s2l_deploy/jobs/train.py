@@ -198,9 +198,9 @@ def _check_resumable(run_dir: Path, opts: TrainOptions) -> None:
         saved = json.loads((run_dir / STATE_JSON).read_text()).get("options", {})
     except (OSError, ValueError):
         return  # no readable state: _load_train_state or the weights-only path reports it
-    if saved.get("clip_len", 5) != opts.clip_len:
-        raise UserError(f"{run_dir} was trained with clips of {saved.get('clip_len', 5)} frames; "
-                        f"resume it with --clip-len {saved.get('clip_len', 5)}")
+    started = saved.get("clip_len", TrainOptions.clip_len)
+    if started != opts.clip_len:
+        raise UserError(f"{run_dir} was trained with clips of {started} frames; resume it with --clip-len {started}")
 
 
 def _load_train_state(run_dir: Path, model, optimizer) -> tuple[int, float]:
