@@ -72,7 +72,7 @@ def local_runner(onnx: Path, video: Path, seconds: float, threads: int, batch: i
         pos += batch
     elapsed = time.perf_counter() - t0
     ms = np.asarray(lat) * 1000
-    return {"clips": n, "seconds": elapsed, "clips_per_s": n / elapsed,
+    return {"clips": n, "seconds": elapsed, "clips_per_s": n / elapsed, "clip_len": T,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
@@ -174,7 +174,7 @@ def markdown(result: dict, args, video: Path, date: str | None = None) -> str:
              "(the machine is shared: other jobs ran during the measurement)", "",
              f"Settings: model `tiny` (random weights, loop scan, ONNX Runtime CPU, {args.threads} intra-op thread per "
              f"runner or server instance); input `{video.name}` (first {args.max_frames} frames, prepared once, looped), "
-             f"one clip (5 frames) per request; streams are closed-loop gRPC clients on 127.0.0.1 (each sends its next "
+             f"one clip ({result['rows'][0].get('clip_len', 5)} frames) per request; streams are closed-loop gRPC clients on 127.0.0.1 (each sends its next "
              f"clip when the last is answered); {args.seconds:g} s timed per row after a 3 s warm-up; dynamic batching "
              f"max batch {args.max_batch}, queue delay 500 µs; latency = client send to answer. Batch sizes are the "
              f"server's own counts (statistics API, `size:executions`); the client runs in the same 2 cores. "

@@ -89,7 +89,7 @@ def test_onnx_for_another_model(trained_run, good_avi, tmp_path):
     torch.manual_seed(1)
     cfg = preset_config("tiny")
     other = save_checkpoint(tmp_path / "other", M2S2L(cfg).eval(),
-                            InputContract(cfg.height, cfg.width, cfg.in_channels, fps=10.0), {})
+                            InputContract(cfg.height, cfg.width, cfg.in_channels, fps=10.0, clip_len=cfg.clip_len), {})
     onnx_file = export_onnx(other, tmp_path / "other.onnx", scan="loop").paths[0]
     out = tmp_path / "out"
     check(bench_all_outputs(good_avi, out, "--onnx", onnx_file, "--checkpoint", trained_run), out, "another checkpoint")

@@ -17,7 +17,7 @@ def saved(tmp_path):
     model = M2S2L(preset_config("tiny")).eval()
     model.score_mean.copy_(torch.arange(1.0, 1.0 + len(model.score_mean)))
     run = tmp_path / "run"
-    save_checkpoint(run, model, InputContract(fps=10.0), {"training": {"steps": 1}})
+    save_checkpoint(run, model, InputContract(fps=10.0, clip_len=model.cfg.clip_len), {"training": {"steps": 1}})
     return run, model
 
 
@@ -26,7 +26,7 @@ def test_roundtrip_same_outputs_without_pickle(saved, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load (pickle) must not be used"))
     ckpt = load_checkpoint(run)
     loaded = ckpt.build_model()
-    clip = torch.rand(1, 5, 1, model.cfg.height, model.cfg.width) * 2 - 1
+    clip = torch.rand(1, model.cfg.clip_len, 1, model.cfg.height, model.cfg.width) * 2 - 1
     with torch.no_grad():
         for a, b in zip(model(clip), loaded(clip)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -44,6 +44,7 @@ from m2s2l_deploy.runners.tensorrt_runner import TensorRTRunner, preflight  # no
 from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
 
 H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+T = _preset("tiny").clip_len  # frames per clip of the tiny preset
 
 pytestmark = pytest.mark.slow
 FORMS = ("loop", "plugin")
@@ -108,7 +109,7 @@ def test_tiny_builds_real_strongly_typed_plans(builds, exports, trained_run, for
     assert side["backend"] == {"name": "tensorrt-rtx", "version": trt.__version__, "module": "tensorrt_rtx_bindings"}
     assert side["precision"] == precision and side["strongly_typed"] is True
     assert side["device"].startswith("AOT/CPU") and side["targets"] == sc.RTX_DEFAULT_TARGETS
-    assert side["profile"]["clip"] == {"min": [1, 5, 1, H, W], "opt": [4, 5, 1, H, W], "max": [16, 5, 1, H, W]}
+    assert side["profile"]["clip"] == {"min": [1, T, 1, H, W], "opt": [4, T, 1, H, W], "max": [16, T, 1, H, W]}
     assert side["onnx"]["sha256"] == sha256(exports[form])
     assert side["model"]["checkpoint_sha256"] == sha256(trained_run / "model.safetensors")
     assert side["model"]["scan_form"] == form and side["build_seconds"] > 0
@@ -201,16 +202,29 @@ def test_reduced_precision_onnx_keeps_the_auc(reports, precision, tol):
 def test_paper_fp16_plugin_builds(tmp_path, capsys):
     torch.manual_seed(0)
     cfg = preset_config("paper")
-    run = save_checkpoint(tmp_path / "run", M2S2L(cfg), InputContract(height=cfg.height, width=cfg.width), {})
+    run = save_checkpoint(tmp_path / "run", M2S2L(cfg), InputContract(height=cfg.height, width=cfg.width, clip_len=cfg.clip_len), {})
     path = export_onnx(run, tmp_path / "paper-plugin.onnx", scan="plugin").paths[0]
     r = build_engine(path, tmp_path / "paper-plugin-fp16.plan", precision="fp16")
     side = sc.load_sidecar(r.plan)
-    assert side["model"]["preset"] == "paper" and side["profile"]["clip"]["max"] == [16, 5, 1, 256, 256]
+    assert side["model"]["preset"] == "paper" and side["profile"]["clip"]["max"] == [16, cfg.clip_len, 1, 256, 256]
     assert sorted(p["name"] for p in r.plugin_layers) == sorted(scan_nodes(path)) and len(r.plugin_layers) == 12
     assert side["network"]["half_layers"] > 100
     with capsys.disabled():
         print(f"\n[paper fp16 plugin] TensorRT-RTX {trt.__version__} AOT build {r.build_seconds:.1f} s, "
               f"FP16 conversion {side['convert_seconds']:.1f} s, plan {r.plan.stat().st_size / 1e6:.1f} MB")
+
+
+def test_sparse_history_fp16_plugin_builds(tmp_path):
+    """train --sparse-history picks 4 of 6 history frames inside the graph; the plan takes the whole
+    7-frame clip and every scan site becomes a plugin layer."""
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", clip_len=7, sparse_history=True)
+    run = save_checkpoint(tmp_path / "run", M2S2L(cfg), InputContract(height=cfg.height, width=cfg.width, clip_len=7), {})
+    path = export_onnx(run, tmp_path / "sparse-plugin.onnx", scan="plugin").paths[0]
+    r = build_engine(path, tmp_path / "sparse-plugin-fp16.plan", precision="fp16")
+    side = sc.load_sidecar(r.plan)
+    assert side["profile"]["clip"]["max"] == [16, 7, 1, H, W]
+    assert sorted(p["name"] for p in r.plugin_layers) == sorted(scan_nodes(path))
 
 
 # -- the runner's refusals -----------------------------------------------------------------------
@@ -235,7 +249,7 @@ def test_runner_refuses_another_model(builds, exports, tmp_path):
     plan = builds[("plugin", "fp16")]["plan"]
     torch.manual_seed(7)
     cfg = preset_config("tiny")
-    other = save_checkpoint(tmp_path / "other", M2S2L(cfg), InputContract(height=cfg.height, width=cfg.width), {})
+    other = save_checkpoint(tmp_path / "other", M2S2L(cfg), InputContract(height=cfg.height, width=cfg.width, clip_len=cfg.clip_len), {})
     with pytest.raises(UserError, match="built from another model than checkpoint"):
         preflight(plan, checkpoint=other, device_info=RTX_GPU)
     with pytest.raises(UserError, match="was not built from .*tiny-loop.onnx"):

@@ -25,7 +25,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("err")
     torch.manual_seed(1)
     cfg = preset_config("tiny")
-    run = save_checkpoint(root / "run", M2S2L(cfg), InputContract(height=cfg.height, width=cfg.width), {})
+    run = save_checkpoint(root / "run", M2S2L(cfg), InputContract(height=cfg.height, width=cfg.width, clip_len=cfg.clip_len), {})
     return export_onnx(run, root / "tiny-loop.onnx", scan="loop").paths[0]
 
 

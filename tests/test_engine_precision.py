@@ -26,6 +26,7 @@ from m2s2l_deploy.model.checkpoint import save_checkpoint  # noqa: E402
 from m2s2l_deploy.export.exporter import export_onnx  # noqa: E402
 
 H, W = preset_config("tiny").height, preset_config("tiny").width  # the tiny preset's input size
+T = preset_config("tiny").clip_len  # frames per clip of the tiny preset
 
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
@@ -36,14 +37,14 @@ def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("prec")
     torch.manual_seed(0)
     cfg = preset_config("tiny")
-    run = save_checkpoint(root / "run", M2S2L(cfg), InputContract(height=cfg.height, width=cfg.width), {})
+    run = save_checkpoint(root / "run", M2S2L(cfg), InputContract(height=cfg.height, width=cfg.width, clip_len=cfg.clip_len), {})
     return {form: export_onnx(run, root / f"{form}.onnx", scan=form).paths[0] for form in ("loop", "plugin")}
 
 
 @pytest.fixture(scope="module")
 def clips():
     rng = np.random.default_rng(0)
-    return rng.uniform(-1, 1, (12, 5, 1, H, W)).astype(np.float32)
+    return rng.uniform(-1, 1, (12, T, 1, H, W)).astype(np.float32)
 
 
 def _types(model) -> dict[str, int]:

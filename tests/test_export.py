@@ -32,6 +32,7 @@ from cli_helpers import assert_user_error, run_cli  # noqa: E402
 from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
 
 H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+T = _preset("tiny").clip_len  # frames per clip of the tiny preset
 
 ATOL, RTOL = 1e-5, 1e-4
 FORMS = ["loop", "chunked", "plugin"]
@@ -156,7 +157,7 @@ def test_export_checks_metadata_and_dynamic_batch(form, tiny_random, tmp_path):
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     meta = {p.key: p.value for p in model.metadata_props}
     ckpt = load_checkpoint(tiny_random)
-    assert meta["preset"] == "tiny" and meta["input_size"] == f"{H}x{W}" and meta["clip_len"] == "5"
+    assert meta["preset"] == "tiny" and meta["input_size"] == f"{H}x{W}" and meta["clip_len"] == str(T)
     assert meta["channels"] == "1" and meta["normalisation"] == "x/127.5-1"
     assert InputContract.from_dict(json.loads(meta["contract"])) == ckpt.contract
     assert meta["checkpoint_sha256"] == ckpt.weights_sha256 and meta["scan_form"] == form
@@ -165,7 +166,7 @@ def test_export_checks_metadata_and_dynamic_batch(form, tiny_random, tmp_path):
     kinds = {n.op_type for n in model.graph.node}
     assert ("SelectiveScan" in kinds) == (form == "plugin")
     # dynamic batch: 1 and 3 clips give the PyTorch numbers
-    x = np.random.default_rng(0).uniform(-1, 1, (3, 5, 1, H, W)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, T, 1, H, W)).astype(np.float32)
     torch_out = TorchRunner(ckpt).infer(x)
     with OnnxRunner(out, threads=1) as runner:
         assert runner.contract == ckpt.contract
@@ -206,7 +207,7 @@ def test_split_export_links_and_streams(tiny_random, tmp_path):
     enc = onnx.load(str(enc_path))
     assert [i.name for i in enc.graph.input] == ["frames"] and [o.name for o in enc.graph.output] == ["feat2", "feat3"]
     frames = np.random.default_rng(1).uniform(-1, 1, (14, 1, H, W)).astype(np.float32)
-    clips = frames[sliding_clips(len(frames), 5)]                       # 10 overlapping clips
+    clips = frames[sliding_clips(len(frames), T)]                       # overlapping clips
     ref = TorchRunner(tiny_random).infer(clips)
     with OnnxRunner(tmp_path / "s.onnx", threads=1) as runner:           # NAME.onnx finds the pair
         outs = [runner.infer(clips[i:i + 4]) for i in range(0, len(clips), 4)]
@@ -215,6 +216,20 @@ def test_split_export_links_and_streams(tiny_random, tmp_path):
     enc_path.unlink()
     with pytest.raises(UserError, match="encoder"):
         OnnxRunner(head_path)
+
+
+@pytest.mark.parametrize("form", [*FORMS, "split"])
+def test_sparse_history_exports_in_every_form(form, tmp_path):
+    """A sparse history (train --sparse-history) picks its frames inside the graph: every scan form,
+    and the split pair whose head picks them from the per-frame features, give PyTorch's numbers."""
+    run = random_run(tmp_path, clip_len=7, sparse_history=True)
+    assert load_checkpoint(run).model_config.encoded_frames() == (0, 2, 4, 5)
+    split = form == "split"
+    export_onnx(run, tmp_path / "sparse.onnx", scan="loop" if split else form, split=split)
+    frames = np.random.default_rng(3).uniform(-1, 1, (10, 1, H, W)).astype(np.float32)
+    clips = frames[sliding_clips(len(frames), 7)]
+    with OnnxRunner(tmp_path / "sparse.onnx", threads=1) as runner:
+        assert_parity(runner.infer(clips), TorchRunner(run).infer(clips))
 
 
 def test_runner_refuses_foreign_or_mismatched_files(tiny_random, tmp_path):
@@ -335,7 +350,7 @@ def test_cli_export_split_then_evaluate_onnxruntime(trained_run, small_scene, tm
 def test_paper_preset_parity_at_full_size(tmp_path):
     """Random paper weights, 2 clips at 256x256, every form (loop included: ~5 s per clip here)."""
     run = random_run(tmp_path, preset="paper")
-    x = np.random.default_rng(2).uniform(-1, 1, (2, 5, 1, 256, 256)).astype(np.float32)
+    x = np.random.default_rng(2).uniform(-1, 1, (2, _preset("paper").clip_len, 1, 256, 256)).astype(np.float32)
     ref = TorchRunner(run).infer(x)
     for form in FORMS:
         out = export_onnx(run, tmp_path / f"paper-{form}.onnx", scan=form).paths[0]

@@ -59,6 +59,30 @@ def test_predictions_see_the_target_only_when_not_predicting(predict):
     assert not torch.equal(a[3], b[3])                               # frame_score
 
 
+def test_sparse_history_encodes_the_frames_it_names_and_ignores_the_rest():
+    """A sparse history encodes the two frames before the target and every second one before those;
+    a frame it skips changes no prediction, a frame it encodes does. Checkpoints saved before the
+    setting encode their whole history."""
+    assert not preset_config("tiny").sparse_history
+    cfg = preset_config("tiny", clip_len=7, sparse_history=True)
+    assert cfg.encoded_frames() == (0, 2, 4, 5)
+    assert preset_config("tiny", clip_len=5, sparse_history=True).encoded_frames() == (0, 2, 3)
+    assert preset_config("tiny", clip_len=7).encoded_frames() == (0, 1, 2, 3, 4, 5)
+    assert preset_config("tiny", clip_len=7, sparse_history=True, predict=False).encoded_frames() == tuple(range(7))
+    older = {k: v for k, v in cfg.to_dict().items() if k != "sparse_history"}
+    assert not ModelConfig.from_dict(older).sparse_history
+    model = M2S2L(cfg).eval()
+    clip = _clip(cfg)
+    with torch.no_grad():
+        base = model(clip)
+        for k in range(cfg.clip_len - 1):
+            other = clip.clone()
+            other[:, k] = -other[:, k]
+            out = model(other)
+            same_pred = all(torch.equal(base[i], out[i]) for i in (1, 2))   # pred_frame, pred_motion
+            assert same_pred == (k not in cfg.encoded_frames()), k
+
+
 def test_speed_head_adds_the_odds_of_a_faster_stride():
     """The 4th component is the worst token's log(P(stride > 1) / P(stride 1)), from softmax probabilities."""
     from m2s2l_deploy.model import scoring

@@ -36,6 +36,7 @@ from cli_helpers import assert_user_error, run_cli  # noqa: E402
 from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
 
 H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+T = _preset("tiny").clip_len  # frames per clip of the tiny preset
 
 
 def tiny_run(root: Path, threshold: float = 2.5) -> Path:
@@ -132,7 +133,7 @@ def test_vendored_runtime_is_self_contained(form, exports, tmp_path):
     requirements = (repo / "m2s2l" / "requirements.txt").read_text().split()
     assert ("numba" in requirements and "onnxruntime-extensions" in requirements) == (form == "plugin")
     assert "1/m2s2l_runtime/ops/kernels/scan_numba_forward.py" in res.files
-    clips = np.random.default_rng(0).uniform(-1, 1, (3, 5, 1, H, W)).astype(np.float32)
+    clips = np.random.default_rng(0).uniform(-1, 1, (3, T, 1, H, W)).astype(np.float32)
     np.save(tmp_path / "clips.npy", clips)
     code = ("import sys, json, numpy as np; sys.modules['torch'] = None; sys.path.insert(0, sys.argv[1]);"
             "from m2s2l_runtime.runners.onnx_runner import OnnxRunner;"
@@ -199,8 +200,8 @@ def test_python_model_batches_requests_and_isolates_bad_ones(exports, tmp_path, 
     model.initialize({"model_config": json.dumps(cfg_json), "model_instance_kind": "CPU"})
 
     rng = np.random.default_rng(1)
-    a = rng.uniform(-1, 1, (1, 5, 1, H, W)).astype(np.float32)
-    b = rng.uniform(-1, 1, (2, 5, 1, H, W)).astype(np.float32)
+    a = rng.uniform(-1, 1, (1, T, 1, H, W)).astype(np.float32)
+    b = rng.uniform(-1, 1, (2, T, 1, H, W)).astype(np.float32)
     requests = [pb.Request(a), pb.Request(a[:, :4].copy()), pb.Request(b, ["frame_score"]),
                 pb.Request(a.astype(np.float64)), pb.Request(None)]
     responses = model.execute(requests)
@@ -214,7 +215,7 @@ def test_python_model_batches_requests_and_isolates_bad_ones(exports, tmp_path, 
     out_b = {t.name: t.array for t in responses[2].output_tensors}
     assert set(out_b) == {"frame_score"}                 # only what the request asked for
     np.testing.assert_allclose(out_b["frame_score"], ref.infer(b)["frame_score"], rtol=1e-5, atol=1e-5)
-    assert f"must be (batch, 5, 1, {H}, {W})" in responses[1].error.msg
+    assert f"must be (batch, {T}, 1, {H}, {W})" in responses[1].error.msg
     assert "FP32" in responses[3].error.msg and "missing" in responses[4].error.msg
 
 
@@ -320,7 +321,7 @@ def _plan(tmp_path: Path, onnx_path: Path, **sidecar) -> Path:
             "plan": {"file": plan.name, "sha256": _sha(plan), "bytes": plan.stat().st_size},
             "backend": {"name": "tensorrt", "version": "10.13.0", "module": "tensorrt"},
             "precision": "fp16", "targets": ["9.0"], "plugins": [],
-            "profile": {"clip": {"min": [1, 5, 1, H, W], "opt": [4, 5, 1, H, W], "max": [8, 5, 1, H, W]}},
+            "profile": {"clip": {"min": [1, T, 1, H, W], "opt": [4, T, 1, H, W], "max": [8, T, 1, H, W]}},
             "onnx": {"path": str(onnx_path), "sha256": _sha(onnx_path)}}
     side.update(sidecar)
     (tmp_path / "engine.plan.json").write_text(json.dumps(side))
@@ -355,7 +356,7 @@ def test_tensorrt_plan_refusals(exports, tmp_path, case, needles):
     elif case == "plugin":
         extra["plugins"] = [{"name": "SelectiveScan", "namespace": "m2s2l", "version": "1"}]
     elif case == "profile_min":
-        extra["profile"] = {"clip": {"min": [2, 5, 1, H, W], "opt": [4, 5, 1, H, W], "max": [8, 5, 1, H, W]}}
+        extra["profile"] = {"clip": {"min": [2, T, 1, H, W], "opt": [4, T, 1, H, W], "max": [8, T, 1, H, W]}}
     plan = _plan(tmp_path, exports["loop"], **extra)
     if case == "no_sidecar":
         (tmp_path / "engine.plan.json").unlink()

@@ -110,16 +110,18 @@ def test_resume_continues_steps(small_scene, tmp_path):
 
 
 def test_clip_length_is_the_checkpoints_and_resume_keeps_it(small_scene, tmp_path):
-    """A longer clip reaches the saved contract and config, the scored frames start after its
-    history, and a resume with another length is refused rather than mixing the two."""
+    """A longer clip with a sparse history reaches the saved contract and config, the scored frames
+    start after its history, and a resume with another length or without the sparse history is
+    refused rather than mixing the two."""
     from m2s2l_deploy.contract import prepare_frames
     from m2s2l_deploy.jobs.clip_loop import score_prepared
     from m2s2l_deploy.runners import TorchRunner
 
     run = tmp_path / "run"
-    train(small_scene, run, opts=TrainOptions(steps=2, batch=4, clip_len=7), log=lambda *_: None)
+    train(small_scene, run, opts=TrainOptions(steps=2, batch=4, clip_len=7, sparse_history=True), log=lambda *_: None)
     ckpt = load_checkpoint(run)
     assert ckpt.contract.clip_len == 7 and ckpt.model_config.clip_len == 7
+    assert ckpt.model_config.encoded_frames() == (0, 2, 4, 5)
     runner = TorchRunner(ckpt)
     video = open_dataset(small_scene).test[0]
     frames = video.load()
@@ -127,6 +129,8 @@ def test_clip_length_is_the_checkpoints_and_resume_keeps_it(small_scene, tmp_pat
     assert scored.first_decidable == 6 and len(scored.frame_score) == len(frames)
     with pytest.raises(UserError, match="--clip-len 7"):
         train(small_scene, run, opts=TrainOptions(steps=1, batch=4, resume=True), log=lambda *_: None)
+    with pytest.raises(UserError, match="with --sparse-history"):
+        train(small_scene, run, opts=TrainOptions(steps=1, batch=4, clip_len=7, resume=True), log=lambda *_: None)
     assert json.loads((run / "train_state.json").read_text())["step"] == 2
 
 

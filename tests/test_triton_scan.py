@@ -35,6 +35,7 @@ from m2s2l_deploy.ops.scan import selective_scan_cpu, selective_scan_ref  # noqa
 from m2s2l_deploy.model.config import preset_config as _preset  # noqa: E402
 
 H, W = _preset("tiny").height, _preset("tiny").width  # the tiny preset's input size
+T = _preset("tiny").clip_len  # frames per clip of the tiny preset
 
 CUDA = torch.cuda.is_available()
 POSITIONAL = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus")
@@ -357,7 +358,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def _clips(batch=2, seed=0):
-    return np.random.default_rng(seed).uniform(-1, 1, (batch, 5, 1, H, W)).astype(np.float32)
+    return np.random.default_rng(seed).uniform(-1, 1, (batch, T, 1, H, W)).astype(np.float32)
 
 
 @pytest.mark.skipif(CUDA, reason="checks the refusals of a machine without CUDA")

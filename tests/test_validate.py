@@ -290,7 +290,7 @@ def test_validate_rejects_onnx_of_another_model(trained_run, test_set, tmp_path)
 
     torch.manual_seed(2)
     cfg = preset_config("tiny")
-    other = save_checkpoint(tmp_path / "other", M2S2L(cfg).eval(), InputContract(cfg.height, cfg.width, cfg.in_channels), {})
+    other = save_checkpoint(tmp_path / "other", M2S2L(cfg).eval(), InputContract(cfg.height, cfg.width, cfg.in_channels, clip_len=cfg.clip_len), {})
     path = export_onnx(other, tmp_path / "other.onnx", scan="loop").paths[0]
     out = tmp_path / "out"
     with pytest.raises(UserError, match="another checkpoint"):

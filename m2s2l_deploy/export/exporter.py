@@ -102,16 +102,17 @@ class FrameEncoder(nn.Module):
 class _GivenFeatures(nn.Module):
     """Stands in for the spatial encoder: returns features computed beforehand (per frame)."""
 
-    def __init__(self, feat2, feat3, spatial):
+    def __init__(self, feat2, feat3, spatial, encoded: tuple[int, ...]):
         super().__init__()
         self.feats = (feat2, feat3)
+        self.encoded = list(encoded)
         self.first_stage = spatial.first_stage  # the target frame's fine grid is computed in the head
 
     def forward(self, frames):
-        # the model asks for the frames it encodes: all T, or the T-1 history frames (cfg.predict)
+        # the model asks for the frames it encodes (ModelConfig.encoded_frames): all T, the T-1
+        # history frames, or a sparse history; the features come for all T, so pick those
         feat2, feat3 = self.feats
-        t = frames.shape[0] // feat2.shape[0]
-        return None, feat2[:, :t].flatten(0, 1), feat3[:, :t].flatten(0, 1)
+        return None, feat2[:, self.encoded].flatten(0, 1), feat3[:, self.encoded].flatten(0, 1)
 
 
 class ClipHead(nn.Module):
@@ -126,7 +127,7 @@ class ClipHead(nn.Module):
 
     def forward(self, clip, feat2, feat3):
         spatial = self.model.spatial
-        self.model.spatial = _GivenFeatures(feat2, feat3, spatial)
+        self.model.spatial = _GivenFeatures(feat2, feat3, spatial, self.model.cfg.encoded_frames())
         try:
             return self.model(clip)
         finally:

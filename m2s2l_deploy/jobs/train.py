@@ -59,6 +59,7 @@ class TrainOptions:
     channels: str = "auto"          # auto | 1 | 3
     resize: str = "stretch"
     clip_len: int = 5
+    sparse_history: bool = False    # encode the older history frames at stride 2 (ModelConfig.sparse_history)
     threshold_quantile: float = 0.995
     checkpoint_every_s: float = 60.0
     resume: bool = False
@@ -193,14 +194,18 @@ def _save_train_state(run_dir: Path, model, optimizer, step: int, elapsed: float
 
 
 def _check_resumable(run_dir: Path, opts: TrainOptions) -> None:
-    """A run continues with the clip length it started with: the weights do not fix it, the data does."""
+    """A run continues with the clips it started with (length, sparse history): the weights do not fix
+    them, the data and the encoder's frame choice do."""
     try:
         saved = json.loads((run_dir / STATE_JSON).read_text()).get("options", {})
     except (OSError, ValueError):
         return  # no readable state: _load_train_state or the weights-only path reports it
-    started = saved.get("clip_len", TrainOptions.clip_len)
+    started = saved.get("clip_len", InputContract.clip_len)  # states saved before the option: the contract's default
     if started != opts.clip_len:
         raise UserError(f"{run_dir} was trained with clips of {started} frames; resume it with --clip-len {started}")
+    sparse = saved.get("sparse_history", False)
+    if sparse != opts.sparse_history:
+        raise UserError(f"{run_dir} was trained {'with' if sparse else 'without'} --sparse-history; resume it the same way")
 
 
 def _load_train_state(run_dir: Path, model, optimizer) -> tuple[int, float]:
@@ -296,7 +301,8 @@ def train(data_root, out_dir, layout: str = "auto", opts: TrainOptions | None = 
     torch.manual_seed(opts.seed)
     data, contract = load_training_data(data_root, layout, {"resize": opts.resize, "clip_len": opts.clip_len},
                                         opts.preset, opts.channels, log)
-    cfg = preset_config(opts.preset, in_channels=contract.channels, clip_len=contract.clip_len)
+    cfg = preset_config(opts.preset, in_channels=contract.channels, clip_len=contract.clip_len,
+                        sparse_history=opts.sparse_history)
     model = M2S2L(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=1e-4)
     step, elapsed_before = 0, 0.0

@@ -31,6 +31,9 @@ class ModelConfig:
                                           # (False: worst patch only, checkpoints before it)
     predict: bool = False                 # encode the history only, so the heads predict a target they never see
                                           # (False: checkpoints before it, which also encode the target)
+    sparse_history: bool = False          # encode the two frames before the target and every second one before
+                                          # those (7-frame clips: 4 of 6 history frames; False: all of them;
+                                          # train --sparse-history)
     speed_classes: int = 0                # speed head: each granularity-2 token classifies the history's frame
                                           # stride 1..K; its odds of "faster than real time" are a 4th score
                                           # component (0 = no head: checkpoints before it)
@@ -57,6 +60,17 @@ class ModelConfig:
             raise UserError("speed_classes must be 0 (no speed head) or >= 2 (strides 1..K)")
         if self.in_channels not in (1, 3):
             raise UserError("in_channels must be 1 (grayscale) or 3 (RGB)")
+
+    def encoded_frames(self) -> tuple[int, ...]:
+        """Indices into a clip of the frames the encoders see. Older history frames at stride 2 let
+        a clip span 7 frames for the encoding cost of 4: the history reaches far enough back to
+        show a walker moving too fast, and the spatial encoder, the costly part, runs 4 times."""
+        if not self.predict:
+            return tuple(range(self.clip_len))
+        last = self.clip_len - 2                                   # the frame before the target
+        if not self.sparse_history:
+            return tuple(range(last + 1))
+        return tuple(sorted({last, *range(last - 1, -1, -2)}))
 
     def to_dict(self) -> dict:
         return asdict(self)

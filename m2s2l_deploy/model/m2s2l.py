@@ -2,7 +2,8 @@
 
 clip (B, T, C, H, W) in [-1, 1]: frames 0..T-2 are history, frame T-1 is the target. The presets
 encode the history only (``ModelConfig.predict``): the heads predict a target they never see, as
-future-frame prediction does; checkpoints written before it encode the target too.
+future-frame prediction does; checkpoints written before it encode the target too. With
+``ModelConfig.sparse_history`` the older history frames are encoded at stride 2.
 
 1. Hierarchical spatial encoder, shared by all frames: patch embedding then SS2D blocks at three
    granularities (strides patch, 2*patch, 4*patch).
@@ -122,9 +123,12 @@ class M2S2L(nn.Module):
 
         With ``cfg.predict`` only the T-1 history frames are encoded: the heads then predict the
         target instead of reconstructing it, so an object that never appeared in training cannot
-        reach them through the target's own tokens."""
+        reach them through the target's own tokens. With ``cfg.sparse_history`` too, the older ones
+        at stride 2 (``ModelConfig.encoded_frames``)."""
         if self.cfg.predict:
             clip = clip[:, :-1]
+            if self.cfg.sparse_history:
+                clip = clip[:, list(self.cfg.encoded_frames())]
         b, t = clip.shape[:2]
         g1, g2, g3 = self.spatial(clip.flatten(0, 1))
         f2 = self.temporal2(g2.view(b, t, *g2.shape[1:]))
